@@ -1,0 +1,127 @@
+"""System checks: `manage.py check` names each misconfigured variable and how to fix it."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core import checks
+from django.urls import Resolver404, resolve
+
+from accounts import crypto
+from accounts.twitch import KNOWN_SCOPES
+
+
+@checks.register(checks.Tags.security)
+def check_twitch_credentials(**kwargs: Any) -> list[checks.CheckMessage]:
+    missing = [
+        name
+        for name in ("TWITCH_CLIENT_ID", "TWITCH_CLIENT_SECRET")
+        if not getattr(settings, name, "")
+    ]
+    if not missing:
+        return []
+    return [
+        checks.Error(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set.",
+            hint="Register an application at https://dev.twitch.tv/console and set "
+            "TWITCH_CLIENT_ID and TWITCH_CLIENT_SECRET (or run the README's "
+            "development command, which uses the built-in sandbox).",
+            id="accounts.E001",
+        )
+    ]
+
+
+@checks.register()
+def check_redirect_uri(**kwargs: Any) -> list[checks.CheckMessage]:
+    uri = settings.TWITCH_REDIRECT_URI
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return [
+            checks.Error(
+                f"TWITCH_REDIRECT_URI must be an absolute http(s) URL, not {uri!r}.",
+                hint="For example https://example.com/twitch/callback/, exactly as "
+                "registered with your Twitch application.",
+                id="accounts.E002",
+            )
+        ]
+    try:
+        match = resolve(parts.path)
+    except Resolver404:
+        match = None
+    if match is None or match.url_name != "twitch_callback":
+        return [
+            checks.Error(
+                f"TWITCH_REDIRECT_URI's path {parts.path!r} does not route to the "
+                "Twitch callback view.",
+                hint="Its path must be /twitch/callback/.",
+                id="accounts.E003",
+            )
+        ]
+    return []
+
+
+@checks.register()
+def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
+    unknown = [scope for scope in settings.TWITCH_SCOPES if scope not in KNOWN_SCOPES]
+    if unknown:
+        return [
+            checks.Error(
+                f"TWITCH_SCOPES has unknown scope(s): {', '.join(unknown)}.",
+                hint="Use Twitch's scope strings, separated by spaces, e.g. "
+                "'chat:read chat:edit'.",
+                id="accounts.E004",
+            )
+        ]
+    if not settings.TWITCH_SCOPES:
+        return [
+            checks.Warning(
+                "TWITCH_SCOPES is empty: tokens will only identify the user.",
+                hint="Set TWITCH_SCOPES to the scopes your site's features need.",
+                id="accounts.W004",
+            )
+        ]
+    return []
+
+
+@checks.register(checks.Tags.security)
+def check_encryption_keys(**kwargs: Any) -> list[checks.CheckMessage]:
+    keys = settings.TOKEN_ENCRYPTION_KEYS
+    if not keys:
+        return [
+            checks.Error(
+                "TOKEN_ENCRYPTION_KEYS is not set: Twitch tokens cannot be stored "
+                "encrypted.",
+                hint='Generate a key with: python -c "from cryptography.fernet import '
+                'Fernet; print(Fernet.generate_key().decode())"',
+                id="accounts.E006",
+            )
+        ]
+    return [
+        checks.Error(
+            f"TOKEN_ENCRYPTION_KEYS: {problem}.",
+            hint="Each comma-separated key must be 32 url-safe base64-encoded bytes, "
+            "as made by Fernet.generate_key().",
+            id="accounts.E005",
+        )
+        for problem in crypto.key_errors(keys)
+    ]
+
+
+@checks.register()
+def check_base_urls(**kwargs: Any) -> list[checks.CheckMessage]:
+    errors = []
+    for name in ("TWITCH_AUTH_BASE_URL", "TWITCH_API_BASE_URL"):
+        url = getattr(settings, name)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or url[-1] != "/":
+            errors.append(
+                checks.Error(
+                    f"{name} must be an absolute http(s) URL ending in '/', "
+                    f"not {url!r}.",
+                    hint="Leave it unset for Twitch itself.",
+                    id="accounts.E007",
+                )
+            )
+    return errors

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from accounts.fields import EncryptedTextField
+
+
+class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
+    def active(self) -> TwitchTokenQuerySet:
+        return self.filter(status=TwitchToken.Status.ACTIVE)
+
+    def expiring(self, *, within: timedelta) -> TwitchTokenQuerySet:
+        """Active tokens whose access token expires within `within` (or already has)."""
+        return self.active().filter(expires_at__lte=timezone.now() + within)
+
+    def unvalidated_since(self, moment: datetime) -> TwitchTokenQuerySet:
+        return self.active().filter(
+            models.Q(last_validated_at__isnull=True)
+            | models.Q(last_validated_at__lt=moment)
+        )
+
+
+class TwitchToken(models.Model):
+    """One site user's connection to one Twitch account, and its credentials."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        NEEDS_RECONNECT = "needs_reconnect", "Needs reconnect"
+        REVOKED = "revoked", "Revoked"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="twitch_token"
+    )
+    twitch_user_id = models.CharField("Twitch user id", max_length=32, db_index=True)
+    login = models.CharField("Twitch login", max_length=64)
+    access_token = EncryptedTextField(blank=True)
+    refresh_token = EncryptedTextField(blank=True)
+    scopes = models.JSONField(default=list, help_text="As Twitch granted them.")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.ACTIVE, db_index=True
+    )
+    last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    last_validated_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+    # A lease: while it lies in the future one worker owns this row's refresh, so
+    # overlapping `refresh_tokens` runs never refresh a token twice.
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = TwitchTokenQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "Twitch token"
+        ordering = ["login"]
+        permissions = [("revoke_twitchtoken", "Can revoke Twitch tokens at Twitch")]
+        constraints = [
+            # One Twitch account, one site user. A revoked row stays for the record
+            # and must not stop another user from connecting that account.
+            models.UniqueConstraint(
+                fields=["twitch_user_id"],
+                condition=~models.Q(status="revoked"),
+                name="one_live_connection_per_twitch_account",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.login} ({self.twitch_user_id})"
+
+    def __repr__(self) -> str:
+        # The default repr is __str__; spelt out so a secret can never creep in.
+        return f"<TwitchToken pk={self.pk} login={self.login!r} status={self.status}>"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == self.Status.ACTIVE and bool(self.refresh_token)
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    def wipe_secrets(self) -> None:
+        self.access_token = ""
+        self.refresh_token = ""
+
+
+class TokenEvent(models.Model):
+    """The audit trail: one row per thing done to a token, by whom, and how it went."""
+
+    class Action(models.TextChoices):
+        CONNECT = "connect", "Connect"
+        REFRESH = "refresh", "Refresh"
+        VALIDATE = "validate", "Validate"
+        REVOKE = "revoke", "Revoke"
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        # Twitch answered that the credential is no good (any more).
+        REJECTED = "rejected", "Rejected by Twitch"
+        # Twitch could not be reached or failed; what we hold is unchanged.
+        UNAVAILABLE = "unavailable", "Twitch unavailable"
+
+    class Source(models.TextChoices):
+        USER = "user", "The user"
+        STAFF = "staff", "Staff (admin)"
+        COMMAND = "command", "refresh_tokens command"
+        SITE = "site", "Site code"
+
+    token = models.ForeignKey(
+        TwitchToken, on_delete=models.CASCADE, related_name="events"
+    )
+    action = models.CharField(max_length=20, choices=Action.choices)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Who did it, when a person did.",
+    )
+    detail = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} {self.get_outcome_display().lower()}"

@@ -1,0 +1,358 @@
+"""The one seam between the site and Twitch.
+
+It owns the base URLs, the timeouts, the shared HTTP session and error translation:
+every transport or protocol failure leaves this module as a `TwitchError`, whose text
+is safe to show and to log because it never carries a credential. Nothing else in the
+project imports twitchAPI or aiohttp.
+
+twitchAPI 4.5.0 is used where it is safe and complete: `validate_token` (the token
+travels in a header), the `AuthScope` vocabulary and the `Twitch` API client. The
+token and revoke endpoints are called directly, because twitchAPI's helpers put the
+client secret, the code or the token in the URL query string (where proxies and
+access logs keep them) and drop `expires_in` and `scope` from the token response.
+Twitch accepts form bodies (see ../shared/twitch-oauth.md, sections 2 and 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+from django.conf import settings
+from twitchAPI.oauth import validate_token as twitchapi_validate_token
+from twitchAPI.twitch import Twitch
+from twitchAPI.type import AuthScope
+
+logger = logging.getLogger(__name__)
+
+# No request may hang a view for long: Twitch answers in well under a second.
+TIMEOUT = aiohttp.ClientTimeout(total=8, sock_connect=3)
+# The longest we honour a 429's Ratelimit-Reset before giving up for this run.
+MAX_RETRY_WAIT = 30.0
+
+KNOWN_SCOPES = frozenset(scope.value for scope in AuthScope)
+
+T = TypeVar("T")
+
+
+class TwitchError(Exception):
+    """Twitch did not do what was asked. The text never contains a credential."""
+
+
+class TwitchUnavailable(TwitchError):
+    """Twitch could not be reached, timed out, failed (5xx) or rate limited us.
+
+    Nothing is known about the credential: keep it and try again later.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TwitchRejected(TwitchError):
+    """Twitch answered the request with a refusal (4xx)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InvalidCredential(TwitchRejected):
+    """Twitch says the code or token itself is no good (used, expired, revoked)."""
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """What the token endpoint hands out for a code or a refresh token."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_in: int
+    scopes: list[str]
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the validate endpoint says about an access token."""
+
+    user_id: str
+    login: str
+    scopes: list[str]
+    expires_in: int
+    client_id: str
+
+
+# One HTTP session (and so one keep-alive connection pool) per event loop: aiohttp
+# sessions are bound to the loop that created them.
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]
+_sessions = weakref.WeakKeyDictionary()
+
+
+def http_session() -> aiohttp.ClientSession:
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession(
+            timeout=TIMEOUT,
+            connector=aiohttp.TCPConnector(limit=100),
+            raise_for_status=False,
+        )
+        _sessions[loop] = session
+    return session
+
+
+async def close_http_session() -> None:
+    """Close this event loop's session; for loops that end (commands, sync callers)."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+def run_sync(function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    """Run a coroutine function from sync code, closing its loop's session after."""
+    from asgiref.sync import async_to_sync
+
+    async def run_and_close() -> T:
+        try:
+            return await function(*args, **kwargs)
+        finally:
+            await close_http_session()
+
+    return async_to_sync(run_and_close)()
+
+
+def authorize_url(*, state: str, force_verify: bool = False) -> str:
+    from urllib.parse import urlencode
+
+    query = {
+        "client_id": settings.TWITCH_CLIENT_ID,
+        "redirect_uri": settings.TWITCH_REDIRECT_URI,
+        "response_type": "code",
+        "scope": " ".join(settings.TWITCH_SCOPES),
+        "state": state,
+    }
+    if force_verify:
+        query["force_verify"] = "true"
+    return f"{settings.TWITCH_AUTH_BASE_URL}authorize?{urlencode(query)}"
+
+
+async def exchange_code(code: str) -> TokenGrant:
+    body = await _post_form(
+        "token",
+        {
+            "client_id": settings.TWITCH_CLIENT_ID,
+            "client_secret": settings.TWITCH_CLIENT_SECRET,
+            "code": code,
+            "grant_type": "authorization_code",
+            "redirect_uri": settings.TWITCH_REDIRECT_URI,
+        },
+        credential_words=("authorization code", "code"),
+    )
+    return _token_grant(body)
+
+
+async def refresh(refresh_token: str) -> TokenGrant:
+    body = await _post_form(
+        "token",
+        {
+            "client_id": settings.TWITCH_CLIENT_ID,
+            "client_secret": settings.TWITCH_CLIENT_SECRET,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+        },
+        credential_words=("refresh token",),
+    )
+    return _token_grant(body)
+
+
+async def validate(access_token: str) -> TokenInfo:
+    try:
+        body = await twitchapi_validate_token(
+            access_token,
+            session=http_session(),
+            auth_base_url=settings.TWITCH_AUTH_BASE_URL,
+        )
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+        raise _unavailable("validate", error) from None
+    status = body.get("status", 200)
+    if status == 401:
+        raise InvalidCredential("Twitch says the access token is invalid.", status=401)
+    if status == 429 or status >= 500:
+        raise TwitchUnavailable(f"Twitch's validate endpoint answered {status}.")
+    if 400 <= status < 500:
+        raise TwitchRejected(
+            f"Twitch's validate endpoint answered {status}: {_message(body)}",
+            status=status,
+        )
+    if "user_id" not in body:
+        raise TwitchUnavailable("Twitch's validate endpoint gave an unexpected answer.")
+    return TokenInfo(
+        user_id=str(body["user_id"]),
+        login=str(body.get("login") or ""),
+        # twitchAPI maps scopes to AuthScope and unknown ones to None.
+        scopes=[scope.value for scope in body.get("scopes") or [] if scope],
+        expires_in=int(body.get("expires_in") or 0),
+        client_id=str(body.get("client_id") or ""),
+    )
+
+
+async def revoke(access_token: str) -> None:
+    await _post_form(
+        "revoke",
+        {"client_id": settings.TWITCH_CLIENT_ID, "token": access_token},
+        credential_words=("token",),
+    )
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]], *, attempts: int = 3, base_delay: float = 0.5
+) -> T:
+    """Retry transient failures with exponential backoff, honouring Twitch's reset time."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except TwitchUnavailable as error:
+            if attempt == attempts:
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            if error.retry_after is not None:
+                if error.retry_after > MAX_RETRY_WAIT:
+                    raise
+                delay = max(delay, error.retry_after)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def user_client(
+    *,
+    access_token: str,
+    refresh_token: str,
+    scopes: list[str],
+    on_refresh: Callable[[str, str], Awaitable[None]],
+) -> Twitch:
+    """A twitchAPI `Twitch` acting as one user, with our URLs, timeout and scopes."""
+    twitch = await Twitch(
+        settings.TWITCH_CLIENT_ID,
+        settings.TWITCH_CLIENT_SECRET,
+        authenticate_app=False,
+        base_url=settings.TWITCH_API_BASE_URL,
+        auth_base_url=settings.TWITCH_AUTH_BASE_URL,
+        session_timeout=TIMEOUT,
+    )
+    twitch.user_auth_refresh_callback = on_refresh
+    known = [AuthScope(scope) for scope in scopes if scope in KNOWN_SCOPES]
+    try:
+        await twitch.set_user_authentication(access_token, known, refresh_token)
+    except Exception as error:
+        raise _translate_twitchapi(error) from None
+    return twitch
+
+
+def _translate_twitchapi(error: Exception) -> TwitchError:
+    from twitchAPI.type import (
+        InvalidRefreshTokenException,
+        InvalidTokenException,
+        MissingScopeException,
+        UnauthorizedException,
+    )
+
+    if isinstance(error, InvalidRefreshTokenException | InvalidTokenException):
+        return InvalidCredential("Twitch says the token is invalid.", status=401)
+    if isinstance(error, UnauthorizedException):
+        return InvalidCredential("Twitch says the token is unauthorized.", status=401)
+    if isinstance(error, MissingScopeException):
+        return TwitchRejected("The token lacks a required scope.", status=403)
+    return _unavailable("api", error)
+
+
+async def _post_form(
+    endpoint: str, form: dict[str, str], *, credential_words: tuple[str, ...]
+) -> dict[str, Any]:
+    """POST a form to an id.twitch.tv endpoint and return its JSON body (or {})."""
+    url = settings.TWITCH_AUTH_BASE_URL + endpoint
+    started = time.monotonic()
+    try:
+        async with http_session().post(url, data=form) as response:
+            status = response.status
+            headers = response.headers
+            raw = await response.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+        raise _unavailable(endpoint, error) from None
+    logger.debug(
+        "twitch %s answered %s in %.0f ms",
+        endpoint,
+        status,
+        (time.monotonic() - started) * 1000,
+    )
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        body = None
+    if status == 429:
+        raise TwitchUnavailable(
+            f"Twitch's {endpoint} endpoint is rate limiting us.",
+            retry_after=_retry_after(headers),
+        )
+    if status >= 500:
+        raise TwitchUnavailable(f"Twitch's {endpoint} endpoint answered {status}.")
+    if not isinstance(body, dict):
+        raise TwitchUnavailable(
+            f"Twitch's {endpoint} endpoint answered {status} with a body that is "
+            "not JSON."
+        )
+    if status >= 400:
+        message = _message(body)
+        text = f"Twitch's {endpoint} endpoint answered {status}: {message}"
+        if status in (400, 401) and any(w in message.lower() for w in credential_words):
+            raise InvalidCredential(text, status=status)
+        raise TwitchRejected(text, status=status)
+    return body
+
+
+def _token_grant(body: dict[str, Any]) -> TokenGrant:
+    try:
+        scope = body.get("scope") or []
+        # Twitch sends an array in practice; its docs also show a string.
+        scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope]
+        return TokenGrant(
+            access_token=str(body["access_token"]),
+            refresh_token=str(body["refresh_token"]),
+            expires_in=int(body["expires_in"]),
+            scopes=scopes,
+        )
+    except (KeyError, TypeError, ValueError):
+        raise TwitchUnavailable(
+            "Twitch's token endpoint answered without a complete token."
+        ) from None
+
+
+def _message(body: dict[str, Any]) -> str:
+    return str(body.get("message") or body.get("error") or "no message")[:120]
+
+
+def _retry_after(headers: Any) -> float | None:
+    try:
+        if reset := headers.get("Ratelimit-Reset"):
+            return max(0.0, float(reset) - time.time())
+        if retry_after := headers.get("Retry-After"):
+            return max(0.0, float(retry_after))
+    except ValueError:
+        pass
+    return None
+
+
+def _unavailable(endpoint: str, error: BaseException) -> TwitchUnavailable:
+    # Only the exception's type: aiohttp's texts can quote the full request URL.
+    if isinstance(error, asyncio.TimeoutError):
+        return TwitchUnavailable(f"Twitch's {endpoint} endpoint timed out.")
+    return TwitchUnavailable(
+        f"Twitch's {endpoint} endpoint could not be reached ({type(error).__name__})."
+    )

@@ -1,0 +1,195 @@
+"""The pages a signed-in user sees, and the async OAuth flow behind Connect Twitch."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+from accounts import services, twitch
+from accounts.models import TokenEvent, TwitchToken
+
+logger = logging.getLogger(__name__)
+
+
+async def arender(
+    request: HttpRequest, template: str, context: dict[str, Any], status: int = 200
+) -> HttpResponse:
+    # Context processors read request.user, the session and messages lazily, and
+    # those lazy reads query the database: render in a thread where that is allowed.
+    return await sync_to_async(render)(request, template, context, status=status)
+
+
+@require_GET
+@login_required
+async def home(request: HttpRequest) -> HttpResponse:
+    token = await services.connection_for(await request.auser())
+    return await arender(request, "accounts/home.html", {"token": token})
+
+
+@require_POST
+@login_required
+async def connect(request: HttpRequest) -> HttpResponse:
+    authorize_url = await services.begin_connect(
+        session=request.session,
+        next_url=_safe_next(request, request.POST.get("next")),
+        # Reconnecting asks Twitch to show the consent page again, so the user can
+        # pick another account or grant new scopes.
+        force_verify=request.POST.get("reconnect") == "1",
+    )
+    return HttpResponseRedirect(authorize_url)
+
+
+@require_GET
+async def callback(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    if not user.is_authenticated:
+        return await _failure(
+            request,
+            "Please sign in to this site first, then press Connect Twitch again.",
+            status=400,
+        )
+    state = request.GET.get("state", "")
+    error = request.GET.get("error", "")
+    if not state:
+        if error:
+            return await _twitch_error(request, error)
+        return await _failure(
+            request,
+            "This Twitch sign-in link is incomplete. Please press Connect Twitch again.",
+            status=400,
+        )
+    try:
+        next_url = await services.take_state(session=request.session, state=state)
+    except services.InvalidState:
+        return await _failure(
+            request,
+            "This Twitch sign-in link has expired, was already used, or was not "
+            "started from this browser. Please press Connect Twitch again.",
+            status=400,
+        )
+    if error:
+        return await _twitch_error(request, error)
+    code = request.GET.get("code", "")
+    if not code:
+        return await _failure(
+            request,
+            "Twitch sent you back without a sign-in code. Please try again.",
+            status=400,
+        )
+    try:
+        token = await services.connect(user=user, code=code)
+    except services.AlreadyLinked as linked:
+        return await _failure(
+            request,
+            f"The Twitch account {linked.login} is already connected to another user "
+            "of this site. Disconnect it there first, or connect a different account.",
+            status=409,
+        )
+    except twitch.InvalidCredential:
+        return await _failure(
+            request,
+            "Twitch did not accept this sign-in; it may have taken too long. "
+            "Nothing was changed. Please connect again.",
+            status=400,
+        )
+    except twitch.TwitchRejected as rejected:
+        logger.error("Twitch refused the code exchange: %s", rejected)
+        return await _failure(
+            request,
+            "Twitch refused this site's request, which usually means the site's Twitch "
+            "settings are wrong. Nothing was changed; please tell the site's staff.",
+            status=502,
+        )
+    except twitch.TwitchUnavailable as unavailable:
+        logger.warning("Twitch unavailable during connect: %s", unavailable)
+        return await _failure(
+            request,
+            "Twitch could not be reached just now. Nothing was changed; please try "
+            "again in a minute.",
+            status=502,
+        )
+    messages.success(request, f"Connected as {token.login} on Twitch.")
+    return HttpResponseRedirect(next_url)
+
+
+@require_POST
+@login_required
+async def disconnect(request: HttpRequest) -> HttpResponse:
+    user = await request.auser()
+    token = await services.connection_for(user)
+    if token is None or token.status == TwitchToken.Status.REVOKED:
+        messages.info(request, "No Twitch account is connected.")
+        return HttpResponseRedirect("/")
+    outcome = await services.revoke_token(
+        token=token, source=TokenEvent.Source.USER, actor=user
+    )
+    if outcome is services.RevokeOutcome.REVOKED_LOCALLY:
+        messages.warning(
+            request,
+            f"Disconnected {token.login}: this site no longer holds its token, but "
+            "Twitch could not be told. To be sure, remove this site under Connections "
+            "in your Twitch settings.",
+        )
+    else:
+        messages.success(request, f"Disconnected {token.login}.")
+    return HttpResponseRedirect("/")
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    try:
+        await sync_to_async(_ping_database)()
+    except DatabaseError:
+        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
+    return JsonResponse({"status": "ok", "database": "ok"})
+
+
+def _ping_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _twitch_error(request: HttpRequest, error: str) -> HttpResponse:
+    if error == "access_denied":
+        sentence = (
+            "You cancelled the connection on Twitch, so nothing was connected. "
+            "Press Connect Twitch whenever you are ready."
+        )
+    elif error == "redirect_mismatch":
+        logger.error("Twitch reports redirect_mismatch: check TWITCH_REDIRECT_URI")
+        sentence = (
+            "Twitch does not recognise this site's return address, so the connection "
+            "cannot finish. Please tell the site's staff."
+        )
+    else:
+        # Only a short code of Twitch's own vocabulary; never echo free text that
+        # anyone could put in a link.
+        code = error if re.fullmatch(r"[a-z_]{1,40}", error) else "unknown"
+        sentence = (
+            f"Twitch could not complete the connection ({code}). Please try again."
+        )
+    return await _failure(request, sentence, status=400)
+
+
+async def _failure(request: HttpRequest, sentence: str, *, status: int) -> HttpResponse:
+    return await arender(
+        request, "accounts/failure.html", {"sentence": sentence}, status=status
+    )
+
+
+def _safe_next(request: HttpRequest, next_url: str | None) -> str:
+    if next_url and url_has_allowed_host_and_scheme(
+        next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return next_url
+    return "/"

@@ -1,0 +1,163 @@
+"""Fixtures: a real Twitch sandbox over HTTP, users, and a browser that approves on it."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from html.parser import HTMLParser
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.db import connections
+from django.test import AsyncClient
+from django.utils import timezone
+
+from accounts import twitch
+from accounts.models import TwitchToken
+from twitch_sandbox import Sandbox
+
+CLIENT_ID = "sandbox-client-id"
+CLIENT_SECRET = "sandbox-client-secret"
+REDIRECT_URI = "http://testserver/twitch/callback/"
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    sandbox = Sandbox(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uris=[REDIRECT_URI]
+    )
+    sandbox.start(host="127.0.0.1", port=0)
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture(autouse=True)
+def twitch_settings(sandbox: Sandbox, settings) -> Sandbox:
+    """Every test starts with a fresh sandbox that the site talks to."""
+    sandbox.reset()
+    sandbox.redirect_uris[:] = [REDIRECT_URI]
+    settings.TWITCH_AUTH_BASE_URL = sandbox.auth_base_url
+    settings.TWITCH_API_BASE_URL = sandbox.api_base_url
+    return sandbox
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _close_connections(django_db_setup) -> AsyncIterator[None]:
+    yield
+    await twitch.close_http_session()
+    # The async ORM's thread holds its own database connection; close it before
+    # the test database is dropped.
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.fixture
+def alice(django_user_model: type[User]) -> User:
+    return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
+
+
+@pytest.fixture
+def bob(django_user_model: type[User]) -> User:
+    return django_user_model.objects.create_user("bob", "bob@example.com", "pw")
+
+
+@pytest.fixture
+async def alice_client(alice: User) -> AsyncClient:
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    return client
+
+
+class _Form(HTMLParser):
+    """The consent page's form: its action and its input fields."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action = ""
+        self.fields: dict[str, str] = {}
+        self.buttons: dict[str, str] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name: value or "" for name, value in attrs}
+        if tag == "form":
+            self.action = values.get("action", "")
+        elif tag == "input" and values.get("name"):
+            self.fields[values["name"]] = values.get("value", "")
+        elif tag == "button" and values.get("name"):
+            self.buttons[values.get("value", "")] = values["name"]
+
+
+async def approve_on_twitch(
+    authorize_url: str, *, login: str, approve: bool = True
+) -> str:
+    """Do what a person does on Twitch's consent page; return where Twitch sends them.
+
+    Real HTTP to the sandbox: GET the consent page, submit its form.
+    """
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(authorize_url, allow_redirects=False) as page:
+            if page.status == 302:
+                return page.headers["Location"]
+            assert page.status == 200, await page.text()
+            form = _Form()
+            form.feed(await page.text())
+        data = dict(form.fields, login=login)
+        choice = "authorize" if approve else "cancel"
+        button = next(
+            (name for value, name in form.buttons.items() if value.lower() == choice),
+            None,
+        )
+        if button:
+            data[button] = choice
+        action = form.action or urlsplit(authorize_url).path
+        base = authorize_url[: authorize_url.index("/oauth2/")]
+        async with browser.post(
+            base + action if action.startswith("/") else action,
+            data=data,
+            allow_redirects=False,
+        ) as answer:
+            assert answer.status == 302, await answer.text()
+            return answer.headers["Location"]
+
+
+async def connect_twitch(
+    client: AsyncClient, *, login: str, approve: bool = True, next_url: str = ""
+):
+    """The whole Connect Twitch flow, as a browser runs it; returns the callback's answer."""
+    started = await client.post(
+        "/twitch/connect/", {"next": next_url} if next_url else {}
+    )
+    assert started.status_code == 302, started.content
+    back = await approve_on_twitch(started["Location"], login=login, approve=approve)
+    return await callback(client, back)
+
+
+async def callback(client: AsyncClient, url: str):
+    parts = urlsplit(url)
+    assert parts.path == "/twitch/callback/", url
+    return await client.get(parts.path, dict(parse_qsl(parts.query)))
+
+
+def make_token(user: User, sandbox: Sandbox, *, expires_in: int = 14400, **fields):
+    """A stored connection whose tokens the sandbox really issued."""
+    issued = sandbox.issue_tokens(login=user.username, scopes=["chat:read"])
+    twitch_user = sandbox.add_user(user.username)
+    values = {
+        "twitch_user_id": twitch_user.id,
+        "login": twitch_user.login,
+        "access_token": issued["access_token"],
+        "refresh_token": issued["refresh_token"],
+        "scopes": issued["scope"],
+        "expires_at": timezone.now() + timedelta(seconds=expires_in),
+        "last_validated_at": timezone.now(),
+    }
+    values.update(fields)
+    return TwitchToken.objects.create(user=user, **values)
+
+
+def page(response) -> str:
+    """The text a person reads on a rendered page (entities decoded)."""
+    return html.unescape(response.content.decode())

@@ -1,0 +1,67 @@
+"""Each misconfiguration is reported by `manage.py check`, naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+
+from accounts import checks
+
+
+def ids(messages) -> list[str]:
+    return [message.id for message in messages]
+
+
+def test_a_correct_configuration_passes_every_check():
+    call_command("check")
+
+
+def test_missing_twitch_credentials_are_reported(settings):
+    settings.TWITCH_CLIENT_SECRET = ""
+    errors = checks.check_twitch_credentials()
+    assert ids(errors) == ["accounts.E001"]
+    assert "TWITCH_CLIENT_SECRET" in errors[0].msg
+
+
+@pytest.mark.parametrize("uri", ["", "/twitch/callback/", "ftp://x/twitch/callback/"])
+def test_a_redirect_uri_that_is_not_absolute_is_reported(settings, uri):
+    settings.TWITCH_REDIRECT_URI = uri
+    assert ids(checks.check_redirect_uri()) == ["accounts.E002"]
+
+
+def test_a_redirect_uri_that_does_not_route_to_the_callback_is_reported(settings):
+    settings.TWITCH_REDIRECT_URI = "https://example.com/twitch/callbak/"
+    errors = checks.check_redirect_uri()
+    assert ids(errors) == ["accounts.E003"]
+    assert "TWITCH_REDIRECT_URI" in errors[0].msg
+
+
+def test_unknown_scopes_are_reported_by_name(settings):
+    settings.TWITCH_SCOPES = ["chat:read", "chat:rede"]
+    errors = checks.check_scopes()
+    assert ids(errors) == ["accounts.E004"]
+    assert "chat:rede" in errors[0].msg and "TWITCH_SCOPES" in errors[0].msg
+
+
+def test_a_malformed_encryption_key_is_reported_without_showing_it(settings):
+    settings.TOKEN_ENCRYPTION_KEYS = [settings.TOKEN_ENCRYPTION_KEYS[0], "not-a-key"]
+    errors = checks.check_encryption_keys()
+    assert ids(errors) == ["accounts.E005"]
+    assert "key #2" in errors[0].msg and "not-a-key" not in errors[0].msg
+
+
+def test_missing_encryption_keys_are_reported(settings):
+    settings.TOKEN_ENCRYPTION_KEYS = []
+    assert ids(checks.check_encryption_keys()) == ["accounts.E006"]
+
+
+def test_a_base_url_without_a_trailing_slash_is_reported(settings):
+    settings.TWITCH_AUTH_BASE_URL = "https://id.twitch.tv/oauth2"
+    assert ids(checks.check_base_urls()) == ["accounts.E007"]
+
+
+def test_the_check_command_really_fails_on_a_misconfiguration(settings):
+    settings.TWITCH_SCOPES = ["nonsense"]
+    with pytest.raises(SystemCheckError, match="nonsense"):
+        call_command("check")

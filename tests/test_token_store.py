@@ -1,0 +1,80 @@
+"""Tokens are credentials: encrypted at rest, never in a repr, rotatable keys."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+from django.db import connection
+
+from accounts.models import TwitchToken
+from tests.conftest import connect_twitch, make_token
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def raw_rows() -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM accounts_twitchtoken")
+        return cursor.fetchall()
+
+
+async def test_the_database_holds_none_of_the_tokens_the_sandbox_issued(
+    alice_client, sandbox
+):
+    await connect_twitch(alice_client, login="alicestreams")
+    await connect_twitch(alice_client, login="alicestreams")  # a second pair
+    issued = sandbox.tokens_issued()
+    assert len(issued) == 4
+
+    from asgiref.sync import sync_to_async
+
+    stored = repr(await sync_to_async(raw_rows)())
+    assert not [token for token in issued if token in stored]
+    if connection.vendor == "sqlite":
+        # Also the file itself, WAL included: no page keeps a plaintext copy.
+        path = connection.settings_dict["NAME"]
+        blob = b""
+        for suffix in ("", "-wal"):
+            try:
+                with open(f"{path}{suffix}", "rb") as f:
+                    blob += f.read()
+            except FileNotFoundError:
+                pass
+        assert blob and not [t for t in issued if t.encode() in blob]
+        assert sqlite3.sqlite_version  # the file was read by the test, not the ORM
+
+
+def test_repr_and_str_never_show_a_secret(alice, sandbox):
+    token = make_token(alice, sandbox)
+    for text in (repr(token), str(token)):
+        assert token.access_token not in text
+        assert token.refresh_token not in text
+
+
+def test_rotate_token_keys_reencrypts_with_the_first_key(alice, sandbox, settings):
+    old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
+    token = make_token(alice, sandbox)
+    new_key = Fernet.generate_key().decode()
+    settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
+
+    call_command("rotate_token_keys", stdout=open("/dev/null", "w"))
+
+    settings.TOKEN_ENCRYPTION_KEYS = [new_key]
+    reloaded = TwitchToken.objects.get(pk=token.pk)
+    assert reloaded.refresh_token == token.refresh_token
+    assert reloaded.access_token == token.access_token
+
+
+def test_a_token_encrypted_with_a_removed_key_fails_without_leaking(
+    alice, sandbox, settings
+):
+    from accounts.crypto import UndecryptableToken
+
+    token = make_token(alice, sandbox)
+    settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    with pytest.raises(UndecryptableToken) as raised:
+        TwitchToken.objects.get(pk=token.pk)
+    assert token.refresh_token not in str(raised.value)

@@ -1,0 +1,19 @@
+"""ASGI entry point: the OAuth views are async, so the site is served by an ASGI server."""
+
+from __future__ import annotations
+
+import os
+
+from django.conf import settings
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "twitchauth_site.settings")
+
+application = get_asgi_application()
+
+if settings.DEBUG:
+    # runserver serves static files itself; under uvicorn in development we do it
+    # here. In production the proxy serves `collectstatic` output (see README).
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    application = ASGIStaticFilesHandler(application)
