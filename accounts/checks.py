@@ -1,4 +1,4 @@
-"""System checks: `manage.py check` names each misconfigured variable and how to fix it."""
+"""System checks: `manage.py check` names each misconfigured variable and its fix."""
 
 from __future__ import annotations
 

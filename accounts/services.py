@@ -6,17 +6,25 @@ Views, admin actions and commands call these; these call the Twitch seam
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import operator
 import secrets
 import time
-from datetime import timedelta
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import reduce
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
@@ -231,3 +239,430 @@ def _wipe(
 
 async def connection_for(user: AbstractBaseUser) -> TwitchToken | None:
     return await TwitchToken.objects.filter(user=user).afirst()
+
+
+# --- Keeping tokens alive: refresh and validate ---------------------------------------
+
+# While a run holds a token's lease nobody else refreshes it. Far longer than one
+# token's work can take (timeouts x retries), so a lease never lapses mid-refresh.
+LEASE = timedelta(minutes=5)
+# Twitch requires apps to validate the tokens they keep at least hourly.
+VALIDATE_EVERY = timedelta(hours=1)
+CLAIM_BATCH = 200
+WRITE_BATCH = 100
+
+
+class Outcome(enum.Enum):
+    REFRESHED = "refreshed"
+    VALIDATED = "validated"
+    NEEDS_RECONNECT = "needs reconnect"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do to each selected token.
+
+    `refresh_within`: refresh tokens expiring within it; `None` refreshes all.
+    `validate_after`: validate tokens not validated for this long; `None` validates
+    all. `refresh` / `validate` switch either duty off.
+    """
+
+    refresh: bool = True
+    refresh_within: timedelta | None = timedelta(minutes=60)
+    validate: bool = True
+    validate_after: timedelta | None = VALIDATE_EVERY
+
+    def due(self, now: datetime) -> Q:
+        conditions = []
+        if self.refresh:
+            if self.refresh_within is None:
+                return Q()
+            conditions.append(
+                Q(expires_at__isnull=True)
+                | Q(expires_at__lte=now + self.refresh_within)
+            )
+        if self.validate:
+            if self.validate_after is None:
+                return Q()
+            conditions.append(
+                Q(last_validated_at__isnull=True)
+                | Q(last_validated_at__lt=now - self.validate_after)
+            )
+        # Note: an empty Q() means "every row", and Q(a) | Q() is just Q(a).
+        return reduce(operator.or_, conditions, Q(pk__in=[]))
+
+    def wants_refresh(self, token: TwitchToken, now: datetime) -> bool:
+        if not self.refresh:
+            return False
+        if self.refresh_within is None:
+            return True
+        return token.expires_at is None or token.expires_at <= now + self.refresh_within
+
+    def wants_validation(self, token: TwitchToken, now: datetime) -> bool:
+        if not self.validate:
+            return False
+        if self.validate_after is None or token.last_validated_at is None:
+            return True
+        return token.last_validated_at < now - self.validate_after
+
+
+@dataclass
+class Report:
+    counts: Counter[Outcome] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def handled_all(self) -> bool:
+        return not self.counts[Outcome.FAILED]
+
+    def summary(self) -> str:
+        return (
+            f"refreshed {self.counts[Outcome.REFRESHED]}, "
+            f"validated {self.counts[Outcome.VALIDATED]}, "
+            f"needs reconnect {self.counts[Outcome.NEEDS_RECONNECT]}, "
+            f"failed {self.counts[Outcome.FAILED]}, "
+            f"skipped {self.counts[Outcome.SKIPPED]} in {self.seconds:.1f} s"
+        )
+
+    def as_dict(self) -> dict[str, float | int]:
+        data: dict[str, float | int] = {
+            outcome.name.lower(): self.counts[outcome] for outcome in Outcome
+        }
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+@dataclass
+class _Result:
+    """One token's work, waiting to be written."""
+
+    token: TwitchToken
+    lease: datetime
+    outcome: Outcome
+    grant: twitch.TokenGrant | None = None
+    validated: bool = False
+    error: str = ""
+
+
+def select_due(plan: Plan, queryset: QuerySet[TwitchToken] | None = None) -> list[int]:
+    """Primary keys of the active tokens `plan` has work for, soonest expiry first."""
+    queryset = TwitchToken.objects.all() if queryset is None else queryset
+    return list(
+        queryset.active()
+        .filter(plan.due(timezone.now()))
+        .order_by("expires_at", "pk")
+        .values_list("pk", flat=True)
+    )
+
+
+async def maintain_tokens(
+    *,
+    pks: list[int],
+    plan: Plan,
+    source: TokenEvent.Source,
+    actor: AbstractBaseUser | None = None,
+    concurrency: int = 20,
+    attempts: int = 3,
+    progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Refresh and/or validate these tokens, `concurrency` at a time, at most once each.
+
+    Safe beside other runs on other machines: each token is claimed with a lease
+    before Twitch is asked, and the answer is stored only while the lease holds.
+    The new refresh token replaces the old one in the same UPDATE that stores it.
+    """
+    started = time.monotonic()
+    report = Report()
+    queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=CLAIM_BATCH)
+    pending: list[_Result] = []
+    write_lock = asyncio.Lock()
+
+    async def flush(everything: bool = False) -> None:
+        async with write_lock:
+            if not pending or (len(pending) < WRITE_BATCH and not everything):
+                return
+            batch = pending[:]
+            pending.clear()
+            written = await sync_to_async(_store_results)(
+                batch, source=source, actor=actor
+            )
+        for result in written:
+            report.counts[result.outcome] += 1
+            await _announce(result)
+        if progress is not None:
+            progress(len(written))
+
+    async def claim_all() -> None:
+        for start in range(0, len(pks), CLAIM_BATCH):
+            chunk = pks[start : start + CLAIM_BATCH]
+            claimed = await sync_to_async(_claim)(chunk, plan=plan)
+            skipped = len(chunk) - len(claimed)
+            report.counts[Outcome.SKIPPED] += skipped
+            if progress is not None and skipped:
+                progress(skipped)
+            for token in claimed:
+                await queue.put(token)
+        for _ in range(concurrency):
+            await queue.put(None)
+
+    async def work() -> None:
+        while (token := await queue.get()) is not None:
+            pending.append(await _maintain_one(token, plan=plan, attempts=attempts))
+            await flush()
+
+    await asyncio.gather(claim_all(), *(work() for _ in range(concurrency)))
+    await flush(everything=True)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
+    now = timezone.now()
+    lease = now + LEASE
+    with transaction.atomic():
+        # On PostgreSQL, rows another run has locked are skipped, not waited for;
+        # SQLite has no row locks, but its IMMEDIATE transactions serialise claims.
+        claimable = list(
+            TwitchToken.objects.active()
+            .filter(pk__in=pks)
+            .filter(plan.due(now))
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)
+        )
+        TwitchToken.objects.filter(pk__in=claimable).update(claimed_until=lease)
+    return list(TwitchToken.objects.filter(pk__in=claimable).order_by("expires_at"))
+
+
+async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Result:
+    assert token.claimed_until is not None
+    result = _Result(token=token, lease=token.claimed_until, outcome=Outcome.SKIPPED)
+    now = timezone.now()
+
+    async def refresh() -> None:
+        try:
+            result.grant = await twitch.with_retries(
+                lambda: twitch.refresh(token.refresh_token), attempts=attempts
+            )
+            result.outcome = Outcome.REFRESHED
+        except twitch.InvalidCredential as error:
+            result.outcome, result.error = Outcome.NEEDS_RECONNECT, str(error)
+        except twitch.TwitchError as error:
+            result.outcome, result.error = Outcome.FAILED, str(error)
+
+    if plan.wants_refresh(token, now):
+        await refresh()
+    if plan.wants_validation(token, now) and result.outcome in (
+        Outcome.SKIPPED,
+        Outcome.REFRESHED,
+    ):
+        access = result.grant.access_token if result.grant else token.access_token
+        try:
+            await twitch.with_retries(
+                lambda: twitch.validate(access), attempts=attempts
+            )
+            result.validated = True
+            if result.outcome is Outcome.SKIPPED:
+                result.outcome = Outcome.VALIDATED
+        except twitch.InvalidCredential:
+            # Twitch answered, so this counts as the hourly validation; an invalid
+            # access token is what refreshing is for.
+            result.validated = True
+            if result.grant is None:
+                await refresh()
+            else:
+                result.outcome = Outcome.FAILED
+                result.error = "Twitch rejected the access token it just issued."
+        except twitch.TwitchError as error:
+            if result.outcome is Outcome.SKIPPED:
+                result.outcome, result.error = Outcome.FAILED, str(error)
+    return result
+
+
+def _store_results(
+    results: list[_Result], *, source: TokenEvent.Source, actor: AbstractBaseUser | None
+) -> list[_Result]:
+    now = timezone.now()
+    events = []
+    with transaction.atomic():
+        for result in results:
+            token = result.token
+            changes: dict[str, Any] = {"claimed_until": None, "updated_at": now}
+            if result.grant is not None:
+                changes.update(
+                    access_token=result.grant.access_token,
+                    refresh_token=result.grant.refresh_token,
+                    scopes=result.grant.scopes,
+                    expires_at=now + timedelta(seconds=result.grant.expires_in),
+                    last_refreshed_at=now,
+                    last_error="",
+                )
+            if result.validated:
+                changes["last_validated_at"] = now
+            if result.outcome is Outcome.NEEDS_RECONNECT:
+                if _refresh_token_changed_since(token):
+                    # Someone else (site code using twitch_for) refreshed it while
+                    # we held the old one: nothing is wrong with the connection.
+                    result.outcome, result.error = Outcome.SKIPPED, ""
+                else:
+                    changes.update(status=TwitchToken.Status.NEEDS_RECONNECT)
+            if result.error:
+                changes["last_error"] = result.error[:200]
+            stored = (
+                TwitchToken.objects.filter(
+                    pk=token.pk, claimed_until=result.lease, status=token.status
+                ).update(**changes)
+                == 1
+            )
+            if not stored:
+                # Revoked or re-claimed meanwhile: what we learnt is no longer ours
+                # to write (a refreshed token is left to expire unused).
+                logger.warning(
+                    "token %s changed during its refresh; not stored", token.pk
+                )
+                result.outcome = Outcome.SKIPPED
+                continue
+            for name, value in changes.items():
+                setattr(token, name, value)
+            events.extend(_events_for(result, source=source, actor=actor, now=now))
+        TokenEvent.objects.bulk_create(events)
+    return results
+
+
+def _refresh_token_changed_since(token: TwitchToken) -> bool:
+    current = TwitchToken.objects.filter(pk=token.pk).only("refresh_token").first()
+    return current is not None and current.refresh_token != token.refresh_token
+
+
+def _events_for(
+    result: _Result,
+    *,
+    source: TokenEvent.Source,
+    actor: AbstractBaseUser | None,
+    now: datetime,
+) -> list[TokenEvent]:
+    def event(action: TokenEvent.Action, outcome: TokenEvent.Outcome) -> TokenEvent:
+        return TokenEvent(
+            token=result.token,
+            action=action,
+            outcome=outcome,
+            source=source,
+            actor=actor,
+            detail=result.error[:200],
+            created_at=now,
+        )
+
+    events = []
+    if result.validated:
+        events.append(event(TokenEvent.Action.VALIDATE, TokenEvent.Outcome.SUCCEEDED))
+    if result.outcome is Outcome.REFRESHED:
+        events.append(event(TokenEvent.Action.REFRESH, TokenEvent.Outcome.SUCCEEDED))
+    elif result.outcome is Outcome.NEEDS_RECONNECT:
+        events.append(event(TokenEvent.Action.REFRESH, TokenEvent.Outcome.REJECTED))
+    elif result.outcome is Outcome.FAILED:
+        action = (
+            TokenEvent.Action.REFRESH
+            if result.grant is None and "validate" not in result.error
+            else TokenEvent.Action.VALIDATE
+        )
+        events.append(event(action, TokenEvent.Outcome.UNAVAILABLE))
+    return events
+
+
+async def _announce(result: _Result) -> None:
+    if result.outcome is Outcome.REFRESHED:
+        await signals.token_refreshed.asend(sender=TwitchToken, token=result.token)
+    elif result.outcome is Outcome.NEEDS_RECONNECT:
+        logger.info("token %s needs a reconnect: %s", result.token.pk, result.error)
+        await signals.token_needs_reconnect.asend(
+            sender=TwitchToken, token=result.token
+        )
+
+
+# --- A Twitch client for the rest of the site -----------------------------------------
+
+
+class NoUsableToken(Exception):
+    """The user has no Twitch connection the site can act with (none, revoked, or
+    waiting for the user to reconnect)."""
+
+
+@asynccontextmanager
+async def twitch_for(
+    user: AbstractBaseUser, *, min_lifetime: timedelta = timedelta(minutes=5)
+) -> AsyncIterator[twitch.Twitch]:
+    """A twitchAPI `Twitch` client acting as `user`, for chat bots and stream tools.
+
+        async with twitch_for(user) as client:
+            me = await first(client.get_users())
+
+    A token close to expiry is refreshed first (through the same leased machinery as
+    `refresh_tokens`); if twitchAPI refreshes during use, the new tokens are stored
+    at once, so the refresh token is never lost.
+    """
+    token = await TwitchToken.objects.filter(user=user).afirst()
+    if token is None or not token.is_usable:
+        raise NoUsableToken(f"{user} has no usable Twitch connection.")
+    if token.expires_at is None or token.expires_at <= timezone.now() + min_lifetime:
+        await maintain_tokens(
+            pks=[token.pk],
+            plan=Plan(refresh_within=min_lifetime, validate=False),
+            source=TokenEvent.Source.SITE,
+        )
+        token = await TwitchToken.objects.aget(pk=token.pk)
+        if not token.is_usable:
+            raise NoUsableToken(f"{user}'s Twitch connection needs a reconnect.")
+
+    async def persist(access_token: str, refresh_token: str) -> None:
+        await _store_site_refresh(token, access_token, refresh_token)
+
+    try:
+        client = await twitch.user_client(
+            access_token=token.access_token,
+            refresh_token=token.refresh_token,
+            scopes=token.scopes,
+            on_refresh=persist,
+        )
+    except twitch.InvalidCredential:
+        raise NoUsableToken(f"Twitch no longer accepts {user}'s token.") from None
+    yield client
+
+
+async def _store_site_refresh(
+    token: TwitchToken, access_token: str, refresh_token: str
+) -> None:
+    """Store tokens that twitchAPI refreshed by itself, before anything else happens."""
+    now = timezone.now()
+    # twitchAPI does not pass on expires_in: assume the worst until validation
+    # tells us, so a failed validation only means an early refresh.
+    stored = await TwitchToken.objects.filter(
+        pk=token.pk, status=TwitchToken.Status.ACTIVE
+    ).aupdate(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_at=now,
+        last_refreshed_at=now,
+        last_error="",
+        updated_at=now,
+    )
+    if not stored:
+        return
+    token.access_token, token.refresh_token = access_token, refresh_token
+    await TokenEvent.objects.acreate(
+        token=token,
+        action=TokenEvent.Action.REFRESH,
+        outcome=TokenEvent.Outcome.SUCCEEDED,
+        source=TokenEvent.Source.SITE,
+    )
+    try:
+        info = await twitch.validate(access_token)
+    except twitch.TwitchError as error:
+        logger.warning("could not validate token %s after refresh: %s", token.pk, error)
+    else:
+        token.expires_at = now + timedelta(seconds=info.expires_in)
+        await TwitchToken.objects.filter(pk=token.pk).aupdate(
+            expires_at=token.expires_at, last_validated_at=now
+        )
+    await signals.token_refreshed.asend(sender=TwitchToken, token=token)

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 # No request may hang a view for long: Twitch answers in well under a second.
 TIMEOUT = aiohttp.ClientTimeout(total=8, sock_connect=3)
+# Transient failures are retried after 0.5 s, then 1 s, ...
+RETRY_BASE_DELAY = 0.5
 # The longest we honour a 429's Ratelimit-Reset before giving up for this run.
 MAX_RETRY_WAIT = 30.0
 
@@ -180,7 +182,7 @@ async def validate(access_token: str) -> TokenInfo:
             session=http_session(),
             auth_base_url=settings.TWITCH_AUTH_BASE_URL,
         )
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as error:
         raise _unavailable("validate", error) from None
     status = body.get("status", 200)
     if status == 401:
@@ -212,17 +214,15 @@ async def revoke(access_token: str) -> None:
     )
 
 
-async def with_retries(
-    call: Callable[[], Awaitable[T]], *, attempts: int = 3, base_delay: float = 0.5
-) -> T:
-    """Retry transient failures with exponential backoff, honouring Twitch's reset time."""
+async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
+    """Retry transient failures with backoff, honouring Twitch's rate-limit reset."""
     for attempt in range(1, attempts + 1):
         try:
             return await call()
         except TwitchUnavailable as error:
             if attempt == attempts:
                 raise
-            delay = base_delay * 2 ** (attempt - 1)
+            delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
             if error.retry_after is not None:
                 if error.retry_after > MAX_RETRY_WAIT:
                     raise
@@ -284,7 +284,7 @@ async def _post_form(
             status = response.status
             headers = response.headers
             raw = await response.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+    except (TimeoutError, aiohttp.ClientError) as error:
         raise _unavailable(endpoint, error) from None
     logger.debug(
         "twitch %s answered %s in %.0f ms",

@@ -65,7 +65,8 @@ async def callback(request: HttpRequest) -> HttpResponse:
             return await _twitch_error(request, error)
         return await _failure(
             request,
-            "This Twitch sign-in link is incomplete. Please press Connect Twitch again.",
+            "This Twitch sign-in link is incomplete. "
+            "Please press Connect Twitch again.",
             status=400,
         )
     try:

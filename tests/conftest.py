@@ -1,4 +1,4 @@
-"""Fixtures: a real Twitch sandbox over HTTP, users, and a browser that approves on it."""
+"""Fixtures: a real Twitch sandbox over HTTP, users, a browser that approves on it."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ async def approve_on_twitch(
 async def connect_twitch(
     client: AsyncClient, *, login: str, approve: bool = True, next_url: str = ""
 ):
-    """The whole Connect Twitch flow, as a browser runs it; returns the callback's answer."""
+    """The whole Connect Twitch flow as a browser runs it; the callback's answer."""
     started = await client.post(
         "/twitch/connect/", {"next": next_url} if next_url else {}
     )

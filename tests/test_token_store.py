@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 
 import pytest
@@ -60,7 +61,7 @@ def test_rotate_token_keys_reencrypts_with_the_first_key(alice, sandbox, setting
     new_key = Fernet.generate_key().decode()
     settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
 
-    call_command("rotate_token_keys", stdout=open("/dev/null", "w"))
+    call_command("rotate_token_keys", stdout=io.StringIO())
 
     settings.TOKEN_ENCRYPTION_KEYS = [new_key]
     reloaded = TwitchToken.objects.get(pk=token.pk)

@@ -100,7 +100,7 @@ async def test_anonymous_home_goes_to_the_login_page():
     assert response["Location"] == "/accounts/login/?next=/"
 
 
-# --- The OAuth state -----------------------------------------------------------------
+# --- The OAuth state ------------------------------------------------------------------
 
 
 async def assert_refused_without_reaching_twitch(response, sandbox) -> None:
@@ -195,7 +195,7 @@ async def test_pending_states_per_session_are_bounded(alice_client, sandbox):
     assert len(await session.aget("twitch_oauth_states")) == 5
 
 
-# --- Twitch says no, or is down --------------------------------------------------------
+# --- Twitch says no, or is down -------------------------------------------------------
 
 
 async def test_access_denied_shows_a_friendly_message_and_stores_nothing(
@@ -319,7 +319,7 @@ async def test_a_wrong_client_secret_is_a_502_for_the_user(alice_client, setting
     assert await TwitchToken.objects.acount() == 0
 
 
-# --- Many users, one account, reconnecting ------------------------------------------------
+# --- Many users, one account, reconnecting --------------------------------------------
 
 
 async def test_twenty_users_connecting_at_once_each_get_their_own_account(
@@ -394,7 +394,7 @@ async def test_a_revoked_account_can_be_connected_by_another_user(
     assert await TwitchToken.objects.filter(user=bob, status="active").aexists()
 
 
-# --- Disconnecting -------------------------------------------------------------------------
+# --- Disconnecting --------------------------------------------------------------------
 
 
 async def test_disconnect_revokes_at_twitch_and_forgets_the_secrets(

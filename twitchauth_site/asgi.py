@@ -1,4 +1,4 @@
-"""ASGI entry point: the OAuth views are async, so the site is served by an ASGI server."""
+"""ASGI entry point: the OAuth views are async, so an ASGI server serves the site."""
 
 from __future__ import annotations
 

@@ -1,0 +1,183 @@
+"""Keep every Twitch token alive: refresh those about to expire, validate hourly.
+
+Twitch user tokens expire after about four hours and Twitch requires apps to validate
+the tokens they keep every hour. Run this from cron every 10-15 minutes; overlapping
+runs, and runs on several machines, are safe: each token is handled by one run.
+
+Exit status: 0 when every selected token was handled (a token that needs its user to
+reconnect counts as handled), 1 when transient failures remain (they are retried on
+the next run), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from accounts import services, twitch
+from accounts.models import TokenEvent, TwitchToken
+
+
+class Command(BaseCommand):
+    help = (
+        "Refresh active Twitch tokens that expire soon and validate those not "
+        "validated in the last hour. Exit status: 0 all handled, 1 transient "
+        "failures remain (retried next run), 2 bad arguments."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--within",
+            type=int,
+            default=60,
+            metavar="MINUTES",
+            help="Refresh tokens that expire within this many minutes (default 60).",
+        )
+        parser.add_argument(
+            "--all",
+            action="store_true",
+            help="Refresh every active token, whatever its expiry.",
+        )
+        parser.add_argument(
+            "--user",
+            action="append",
+            default=[],
+            metavar="USERNAME",
+            help="Only this user's token (repeatable).",
+        )
+        duties = parser.add_mutually_exclusive_group()
+        duties.add_argument(
+            "--no-validate",
+            action="store_true",
+            help="Skip the hourly validation that Twitch requires.",
+        )
+        duties.add_argument(
+            "--validate-only",
+            action="store_true",
+            help="Only validate (a token Twitch rejects is then refreshed).",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=20,
+            help="How many requests to Twitch may be in flight at once (default 20).",
+        )
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="Say what would be done; change nothing and call nobody.",
+        )
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="Print the summary as one JSON object.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["within"] < 0:
+            raise CommandError("--within must be 0 or more minutes.", returncode=2)
+        if not 1 <= options["concurrency"] <= 500:
+            raise CommandError("--concurrency must be between 1 and 500.", returncode=2)
+        plan = services.Plan(
+            refresh=not options["validate_only"],
+            refresh_within=None
+            if options["all"]
+            else timedelta(minutes=options["within"]),
+            validate=not options["no_validate"],
+        )
+        pks = services.select_due(plan, self._tokens(options["user"]))
+
+        if options["dry_run"]:
+            self._dry_run(
+                plan, pks, as_json=options["json"], verbosity=options["verbosity"]
+            )
+            return
+
+        progress = self._progress_bar(len(pks)) if self._interactive(options) else None
+        report = twitch.run_sync(
+            services.maintain_tokens,
+            pks=pks,
+            plan=plan,
+            source=TokenEvent.Source.COMMAND,
+            concurrency=options["concurrency"],
+            progress=progress,
+        )
+        if progress is not None:
+            self.stdout.write("")
+        if options["json"]:
+            self.stdout.write(json.dumps(report.as_dict()))
+        else:
+            style = self.style.SUCCESS if report.handled_all else self.style.WARNING
+            self.stdout.write(style(report.summary()))
+        if not report.handled_all:
+            raise CommandError(
+                f"{report.counts[services.Outcome.FAILED]} token(s) could not be "
+                "handled because Twitch failed; the next run retries them.",
+                returncode=1,
+            )
+
+    def _tokens(self, usernames: list[str]) -> Any:
+        tokens = TwitchToken.objects.all()
+        if not usernames:
+            return tokens
+        known = set(
+            get_user_model()
+            .objects.filter(username__in=usernames)
+            .values_list("username", flat=True)
+        )
+        if unknown := sorted(set(usernames) - known):
+            raise CommandError(f"No such user: {', '.join(unknown)}.", returncode=2)
+        return tokens.filter(user__username__in=usernames)
+
+    def _dry_run(
+        self, plan: services.Plan, pks: list[int], *, as_json: bool, verbosity: int
+    ) -> None:
+        now = timezone.now()
+        tokens = TwitchToken.objects.filter(pk__in=pks).order_by("expires_at")
+        to_refresh = to_validate = 0
+        for token in tokens.iterator():
+            refresh = plan.wants_refresh(token, now)
+            validate = plan.wants_validation(token, now)
+            to_refresh += refresh
+            to_validate += validate
+            if verbosity >= 2 and not as_json:
+                duties = " and ".join(
+                    duty
+                    for duty, wanted in (("refresh", refresh), ("validate", validate))
+                    if wanted
+                )
+                self.stdout.write(f"would {duties} {token}")
+        if as_json:
+            self.stdout.write(
+                json.dumps(
+                    {"dry_run": True, "refresh": to_refresh, "validate": to_validate}
+                )
+            )
+        else:
+            self.stdout.write(
+                f"dry run: would refresh {to_refresh}, validate {to_validate}"
+            )
+
+    def _interactive(self, options: dict[str, Any]) -> bool:
+        return (
+            not options["json"] and options["verbosity"] >= 1 and self.stdout.isatty()
+        )
+
+    def _progress_bar(self, total: int) -> Any:
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            width = 30
+            filled = width * done // total if total else width
+            bar = "#" * filled + "-" * (width - filled)
+            self.stdout.write(f"\r[{bar}] {done}/{total}", ending="")
+            self.stdout.flush()
+
+        return advance
