@@ -201,6 +201,23 @@ async def revoke_token(
     return RevokeOutcome.REVOKED if told_twitch else RevokeOutcome.REVOKED_LOCALLY
 
 
+async def revoke_tokens(
+    *,
+    tokens: list[TwitchToken],
+    source: TokenEvent.Source,
+    actor: AbstractBaseUser | None = None,
+    concurrency: int = 20,
+) -> Counter[RevokeOutcome]:
+    """Revoke many tokens, `concurrency` at a time; count each outcome."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def revoke_one(token: TwitchToken) -> RevokeOutcome:
+        async with limit:
+            return await revoke_token(token=token, source=source, actor=actor)
+
+    return Counter(await asyncio.gather(*(revoke_one(token) for token in tokens)))
+
+
 def _wipe(
     *,
     token: TwitchToken,
