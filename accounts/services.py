@@ -397,8 +397,12 @@ async def maintain_tokens(
     write_lock = asyncio.Lock()
 
     async def flush(everything: bool = False) -> None:
+        if not everything and (len(pending) < WRITE_BATCH or write_lock.locked()):
+            # A worker never waits for the database: a flush under way, or the
+            # next one, takes these results with it.
+            return
         async with write_lock:
-            if not pending or (len(pending) < WRITE_BATCH and not everything):
+            if not pending:
                 return
             batch = pending[:]
             pending.clear()

@@ -7,6 +7,8 @@ run). The Twitch URLs are pointed at the sandbox by a fixture once it has a port
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("SECRET_KEY", "tests-only-not-secret")
 os.environ.setdefault(
@@ -21,11 +23,14 @@ os.environ.setdefault("CSRF_COOKIE_SECURE", "False")
 os.environ["DEBUG"] = "False"
 
 from twitchauth_site.settings import *  # noqa: E402,F403
-from twitchauth_site.settings import BASE_DIR, DATABASES  # noqa: E402
+from twitchauth_site.settings import DATABASES  # noqa: E402
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not Django's in-memory default: WAL, the busy timeout and other
     # processes (the concurrency tests) only exist for a real file.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+    # One per test process, so two runs at once never share (and delete) a file.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"twitchauth-test-{os.getpid()}.db")
+    }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
