@@ -21,6 +21,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -98,37 +99,56 @@ _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSe
 _sessions = weakref.WeakKeyDictionary()
 
 
+# run_sync's own session for the work it runs; it wins over the loop's.
+_run_sync_session: ContextVar[aiohttp.ClientSession | None] = ContextVar(
+    "run_sync_session", default=None
+)
+
+
 def http_session() -> aiohttp.ClientSession:
+    if (session := _run_sync_session.get()) is not None:
+        return session
     loop = asyncio.get_running_loop()
     session = _sessions.get(loop)
     if session is None or session.closed:
-        session = aiohttp.ClientSession(
-            timeout=TIMEOUT,
-            connector=aiohttp.TCPConnector(limit=100),
-            raise_for_status=False,
-        )
+        session = _new_session()
         _sessions[loop] = session
     return session
 
 
+def _new_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        timeout=TIMEOUT,
+        connector=aiohttp.TCPConnector(limit=100),
+        raise_for_status=False,
+    )
+
+
 async def close_http_session() -> None:
-    """Close this event loop's session; for loops that end (commands, sync callers)."""
+    """Close this event loop's session; for loops that end (tests, shutdown)."""
     session = _sessions.pop(asyncio.get_running_loop(), None)
     if session is not None:
         await session.close()
 
 
 def run_sync(function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-    """Run a coroutine function from sync code, closing its loop's session after."""
+    """Run a coroutine function from sync code, in an HTTP session of its own.
+
+    Under ASGI, async_to_sync runs the coroutine on the server's event loop, whose
+    shared session other requests are using: closing that one would cut them off.
+    """
     from asgiref.sync import async_to_sync
 
-    async def run_and_close() -> T:
+    async def run_in_own_session() -> T:
+        session = _new_session()
+        token = _run_sync_session.set(session)
         try:
             return await function(*args, **kwargs)
         finally:
-            await close_http_session()
+            _run_sync_session.reset(token)
+            await session.close()
 
-    return async_to_sync(run_and_close)()
+    return async_to_sync(run_in_own_session)()
 
 
 def authorize_url(*, state: str, force_verify: bool = False) -> str:

@@ -1,0 +1,420 @@
+"""Staff's view of the Twitch connections, and the three things staff may do to them.
+
+No page ever shows, or even decrypts, an access or refresh token: the querysets
+defer both, and only the revoke action loads them, to hand them to Twitch. Nothing
+is edited by hand either; revoke, refresh and validate go through `services`, which
+record each one as a `TokenEvent`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import Enum
+from typing import Any
+
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth import get_permission_codename
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import User
+from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from accounts import services, twitch
+from accounts.models import TokenEvent, TwitchToken
+from accounts.templatetags.twitchauth import expires_in
+
+SECRETS = ("access_token", "refresh_token")
+STATUS_COLOURS = {
+    TwitchToken.Status.ACTIVE: "#2e7d32",
+    TwitchToken.Status.NEEDS_RECONNECT: "#e65100",
+    TwitchToken.Status.REVOKED: "#616161",
+}
+# Hourly validation adds a row an hour per token; the page shows the latest ones and
+# links to the rest.
+EVENTS_SHOWN = 50
+
+# The order the message lists them in; the revoke outcomes' values read well as is.
+REVOKE_LABELS = {
+    outcome: outcome.value
+    for outcome in [
+        services.RevokeOutcome.REVOKED,
+        services.RevokeOutcome.ALREADY_REVOKED,
+        services.RevokeOutcome.REVOKED_LOCALLY,
+    ]
+}
+MAINTAIN_LABELS = {
+    services.Outcome.REFRESHED: "refreshed",
+    services.Outcome.VALIDATED: "validated",
+    services.Outcome.NEEDS_RECONNECT: "rejected by Twitch (the user must reconnect)",
+    services.Outcome.FAILED: "failed (see Last error; try again later)",
+    services.Outcome.SKIPPED: "skipped (not active, or busy in another run)",
+}
+
+
+@admin.display(description="Scopes")
+def scope_list(token: TwitchToken) -> str | None:
+    return ", ".join(token.scopes or []) or None
+
+
+class ScopeFilter(admin.SimpleListFilter):
+    title = "scope"
+    parameter_name = "scope"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        granted = TwitchToken.objects.order_by().values_list("scopes", flat=True)
+        present = {scope for scopes in granted.distinct() for scope in scopes or []}
+        return [
+            (scope, scope) for scope in sorted(present | set(settings.TWITCH_SCOPES))
+        ]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> QuerySet[TwitchToken]:
+        if not self.value():
+            return queryset
+        # Containment on a JSON list is not portable (SQLite has none), but both
+        # databases store the list as JSON text, where a scope appears quoted: the
+        # quotes keep "user:edit" from matching "user:edit:follows".
+        return queryset.filter(scopes__icontains=json.dumps(self.value()))
+
+
+class ExpiryFilter(admin.SimpleListFilter):
+    title = "access token expiry"
+    parameter_name = "expiry"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        return [("hour", "Within the hour"), ("expired", "Already expired")]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> QuerySet[TwitchToken]:
+        now = timezone.now()
+        # A revoked row holds no token, so nothing of it expires.
+        live = queryset.exclude(status=TwitchToken.Status.REVOKED)
+        if self.value() == "hour":
+            return live.filter(
+                expires_at__gt=now, expires_at__lte=now + timedelta(hours=1)
+            )
+        if self.value() == "expired":
+            return live.filter(expires_at__lte=now)
+        return queryset
+
+
+class LatestEventsFormSet(BaseInlineFormSet):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Sliced once here, not in get_queryset(), which the formset calls per form.
+        self.queryset = self.queryset[:EVENTS_SHOWN]
+
+
+class TokenEventInline(admin.TabularInline):
+    model = TokenEvent
+    formset = LatestEventsFormSet
+    verbose_name_plural = f"Audit trail (latest {EVENTS_SHOWN})"
+    fields = ["created_at", "action", "outcome", "source", "actor", "detail"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-pk"]
+    extra = 0
+    can_delete = False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
+        return super().get_queryset(request).select_related("actor")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The trail is part of the token's page: whoever may see the token sees it.
+        return self.admin_site.get_model_admin(TwitchToken).has_view_permission(
+            request, obj
+        )
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(TwitchToken)
+class TwitchTokenAdmin(admin.ModelAdmin):
+    list_display = [
+        "user",
+        "twitch_account",
+        "status_badge",
+        scope_list,
+        "expires",
+        "last_refreshed_at",
+        "last_validated_at",
+        "last_error",
+    ]
+    list_filter = ["status", ScopeFilter, ExpiryFilter]
+    list_select_related = ["user"]
+    list_per_page = 50
+    ordering = ["login", "pk"]
+    search_fields = ["user__username", "user__email", "login", "=twitch_user_id"]
+    search_help_text = "Username, e-mail, Twitch login or Twitch user id."
+    # A whitelist: a field added to the model later is not shown until listed here;
+    # the secrets are excluded outright besides.
+    fieldsets = [
+        (
+            None,
+            {"fields": ["user", "login", "twitch_user_id", "status_badge", scope_list]},
+        ),
+        (
+            "Access token",
+            {
+                "fields": [
+                    "expires_at",
+                    "expires",
+                    "last_refreshed_at",
+                    "last_validated_at",
+                    "last_error",
+                ]
+            },
+        ),
+        ("Record", {"fields": ["created_at", "updated_at", "all_events"]}),
+    ]
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
+    exclude = [*SECRETS, "claimed_until"]
+    inlines = [TokenEventInline]
+    actions = ["revoke_tokens", "refresh_tokens", "validate_tokens"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
+        return super().get_queryset(request).defer(*SECRETS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Tokens only come from a user connecting at Twitch.
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: TwitchToken | None = None
+    ) -> bool:
+        # The change permission grants the refresh and validate actions (obj is
+        # None), never editing a row by hand: each token's page is view-only.
+        return obj is None and super().has_change_permission(request)
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        codename = get_permission_codename("revoke", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+    @admin.display(description="Twitch login", ordering="login")
+    def twitch_account(self, token: TwitchToken) -> str:
+        return str(token)
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, token: TwitchToken) -> str:
+        return format_html(
+            '<span style="background: {}; color: #fff; border-radius: 4px; '
+            'padding: 1px 6px; white-space: nowrap">{}</span>',
+            STATUS_COLOURS.get(token.status, "#000"),
+            token.get_status_display(),
+        )
+
+    @admin.display(description="Expires", ordering="expires_at")
+    def expires(self, token: TwitchToken) -> str:
+        if token.status == TwitchToken.Status.REVOKED:
+            return self.get_empty_value_display()
+        return expires_in(token.expires_at)
+
+    @admin.display(description="All events")
+    def all_events(self, token: TwitchToken) -> str:
+        url = reverse(f"{self.admin_site.name}:accounts_tokenevent_changelist")
+        count = token.events.count()
+        return format_html(
+            '<a href="{}?token__id__exact={}">{} event{}</a>',
+            url,
+            token.pk,
+            count,
+            "" if count == 1 else "s",
+        )
+
+    @admin.action(
+        permissions=["revoke"], description="Revoke selected tokens at Twitch"
+    )
+    def revoke_tokens(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> TemplateResponse | None:
+        # Django's delete_selected convention: the first POST asks, post=yes acts.
+        if not request.POST.get("post"):
+            return self._confirm_revocation(request, queryset)
+        counts = twitch.run_sync(
+            services.revoke_tokens,
+            # The one place secrets are loaded: Twitch needs them to revoke.
+            tokens=list(queryset.defer(None)),
+            source=TokenEvent.Source.STAFF,
+            actor=request.user,
+        )
+        unreachable = counts[services.RevokeOutcome.REVOKED_LOCALLY]
+        message = _summary(counts, REVOKE_LABELS)
+        if unreachable:
+            message += (
+                " Twitch could not be told: those users should also disconnect the "
+                "app in their Twitch settings."
+            )
+        self.message_user(
+            request, message, messages.WARNING if unreachable else messages.SUCCESS
+        )
+        return None
+
+    @admin.action(permissions=["change"], description="Refresh selected tokens now")
+    def refresh_tokens(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> None:
+        self._maintain(
+            request, queryset, services.Plan(refresh_within=None, validate=False)
+        )
+
+    @admin.action(permissions=["change"], description="Validate selected tokens now")
+    def validate_tokens(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> None:
+        self._maintain(
+            request, queryset, services.Plan(refresh=False, validate_after=None)
+        )
+
+    def _maintain(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[TwitchToken],
+        plan: services.Plan,
+    ) -> None:
+        """What `manage.py refresh_tokens` does, to the selected tokens only."""
+        report = twitch.run_sync(
+            services.maintain_tokens,
+            pks=list(queryset.values_list("pk", flat=True)),
+            plan=plan,
+            source=TokenEvent.Source.STAFF,
+            actor=request.user,
+        )
+        troubled = (
+            report.counts[services.Outcome.FAILED]
+            + report.counts[services.Outcome.NEEDS_RECONNECT]
+        )
+        self.message_user(
+            request,
+            _summary(report.counts, MAINTAIN_LABELS),
+            messages.WARNING if troubled else messages.SUCCESS,
+        )
+
+    def _confirm_revocation(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> TemplateResponse:
+        opts = self.opts
+        request.current_app = self.admin_site.name
+        return TemplateResponse(
+            request,
+            f"admin/{opts.app_label}/{opts.model_name}/revoke_confirmation.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Revoke Twitch tokens",
+                "subtitle": None,
+                "tokens": queryset.select_related("user"),
+                "opts": opts,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                "media": self.media,
+            },
+        )
+
+
+def _summary(counts: Counter[Any], labels: Mapping[Enum, str]) -> str:
+    """'2 revoked, 1 already revoked.': the non-zero counts, in the labels' order."""
+    return (
+        ", ".join(
+            f"{counts[outcome]} {label}"
+            for outcome, label in labels.items()
+            if counts[outcome]
+        )
+        + "."
+    )
+
+
+@admin.register(TokenEvent)
+class TokenEventAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "token",
+        "action",
+        "outcome",
+        "source",
+        "actor",
+        "detail",
+    ]
+    list_filter = ["action", "outcome", "source"]
+    search_fields = ["token__login", "=token__twitch_user_id", "token__user__username"]
+    search_help_text = "Twitch login, Twitch user id or username."
+    fields = ["created_at", "token", "action", "outcome", "source", "actor", "detail"]
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("token", "actor")
+            .defer(*(f"token__{secret}" for secret in SECRETS))
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: TokenEvent | None = None
+    ) -> bool:
+        return False
+
+    # Deletion keeps Django's default (the delete permission, which only superusers
+    # hold unless granted): deleting a user cascades to their token and its events,
+    # and the admin refuses any cascade into a model whose admin denies deletion.
+
+
+class TwitchConnectionInline(admin.StackedInline):
+    model = TwitchToken
+    verbose_name = "Twitch connection"
+    fields = [
+        "login",
+        "twitch_user_id",
+        "status",
+        scope_list,
+        "expires_at",
+        "last_refreshed_at",
+        "last_validated_at",
+        "last_error",
+    ]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
+        return super().get_queryset(request).defer(*SECRETS)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]
