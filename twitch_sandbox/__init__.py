@@ -1,0 +1,26 @@
+"""A local stand-in for Twitch's OAuth server and Helix ``GET /users``.
+
+Built from shared/twitch-oauth.md: same paths, parameters, JSON fields, status
+codes and error bodies as Twitch, plus handles for tests (users, expiry,
+disconnects, faults, latency, a record of every request)::
+
+    sandbox = Sandbox(redirect_uris=["http://testserver/twitch/callback/"])
+    sandbox.start()
+    ...  # point TWITCH_AUTH_BASE_URL at sandbox.auth_base_url
+    sandbox.stop()
+"""
+
+from __future__ import annotations
+
+from .faults import ENDPOINTS
+from .recording import RECORDED_ENDPOINTS, RecordedRequest
+from .sandbox import Sandbox
+from .state import SandboxUser
+
+__all__ = [
+    "ENDPOINTS",
+    "RECORDED_ENDPOINTS",
+    "RecordedRequest",
+    "Sandbox",
+    "SandboxUser",
+]

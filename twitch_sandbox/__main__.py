@@ -1,0 +1,82 @@
+"""Run the sandbox in the foreground: ``python -m twitch_sandbox --help``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Sequence
+
+from .sandbox import (
+    DEFAULT_ACCESS_TOKEN_LIFETIME,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    Sandbox,
+)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m twitch_sandbox",
+        description="A local stand-in for Twitch's OAuth server and Helix /users. "
+        "Control it over HTTP under /_sandbox/. Ctrl-C stops it.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--port", type=int, default=8765, help="port to listen on (0: any free port)"
+    )
+    parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID, help="the app's id")
+    parser.add_argument(
+        "--client-secret", default=DEFAULT_CLIENT_SECRET, help="the app's secret"
+    )
+    parser.add_argument(
+        "--redirect-uri",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="a registered redirect URI (repeat for more; the first is the one "
+        "Twitch falls back to on a mismatch)",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay added before every answer",
+    )
+    parser.add_argument(
+        "--access-token-lifetime",
+        type=int,
+        default=DEFAULT_ACCESS_TOKEN_LIFETIME,
+        metavar="S",
+        help="seconds a new access token lives",
+    )
+    args = parser.parse_args(argv)
+
+    sandbox = Sandbox(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        redirect_uris=args.redirect_uri,
+        access_token_lifetime=args.access_token_lifetime,
+    )
+    if args.latency:
+        sandbox.set_latency(args.latency)
+    try:
+        sandbox.start(host=args.host, port=args.port)
+    except OSError as exc:
+        parser.exit(1, f"cannot listen on {args.host}:{args.port}: {exc}\n")
+
+    # A benchmark stops its subprocess with SIGTERM: stop as cleanly as Ctrl-C.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    print(f"Twitch sandbox listening on {sandbox.base_url}", flush=True)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""The aiohttp application: routes, and the middleware that applies latency
+and faults and records every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from . import control, helix, oauth
+from .faults import HANG_SECONDS, Faults
+from .keys import FAULTS, LOG, SLEEPERS, STATE
+from .recording import RECORDED_ENDPOINTS, RecordedRequest, RequestLog
+from .state import OAuthState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def build_app(state: OAuthState, faults: Faults, log: RequestLog) -> web.Application:
+    app = web.Application(middlewares=[sandbox_middleware])
+    app[STATE] = state
+    app[FAULTS] = faults
+    app[LOG] = log
+    app[SLEEPERS] = set()
+    app.on_shutdown.append(_wake_sleepers)
+
+    # Route names are the recorded endpoint names; HEAD routes would be
+    # unnamed, so there are none.
+    router = app.router
+    router.add_get(
+        "/oauth2/authorize", oauth.authorize_page, name="authorize", allow_head=False
+    )
+    router.add_post("/oauth2/authorize", oauth.authorize_submit, name="authorize_post")
+    router.add_post("/oauth2/token", oauth.token, name="token")
+    router.add_get(
+        "/oauth2/validate", oauth.validate, name="validate", allow_head=False
+    )
+    router.add_post("/oauth2/revoke", oauth.revoke, name="revoke")
+    router.add_get("/helix/users", helix.users, name="users", allow_head=False)
+
+    wrap = control.answer_bad_requests
+    router.add_post("/_sandbox/reset", wrap(control.reset))
+    router.add_post("/_sandbox/users/{login}/disconnect", wrap(control.disconnect))
+    router.add_post("/_sandbox/expire", wrap(control.expire))
+    router.add_post("/_sandbox/latency", wrap(control.latency))
+    router.add_post("/_sandbox/fail", wrap(control.fail))
+    router.add_post("/_sandbox/hang", wrap(control.hang))
+    router.add_post("/_sandbox/rate-limit", wrap(control.rate_limit))
+    router.add_post("/_sandbox/clear-faults", wrap(control.clear_faults))
+    router.add_post("/_sandbox/tokens", wrap(control.tokens))
+    router.add_get("/_sandbox/stats", wrap(control.stats), allow_head=False)
+    return app
+
+
+@web.middleware
+async def sandbox_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    endpoint = request.match_info.route.name
+    if endpoint not in RECORDED_ENDPOINTS:
+        return await handler(request)  # control calls, 404s and 405s
+
+    app = request.app
+    at = time.time()
+    form: dict[str, str] = {}
+    status = 0
+    recorded = False
+
+    def record() -> None:
+        app[LOG].record(
+            RecordedRequest(
+                endpoint=endpoint,
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                form=form,
+                headers=dict(request.headers),
+                status=status,
+                at=at,
+            )
+        )
+
+    try:
+        if request.method == "POST":
+            post = await request.post()
+            form = {name: str(value) for name, value in post.items()}
+        fault_name = "authorize" if endpoint == "authorize_post" else endpoint
+        delay = app[FAULTS].latency(fault_name)
+        if delay:
+            await _sleep(app, delay)
+        fault = app[FAULTS].take(fault_name)
+        if fault is not None and fault.kind == "hang":
+            # Recorded now: it will never be answered, and a test looks as
+            # soon as its client gives up.
+            record()
+            recorded = True
+            await _sleep(app, HANG_SECONDS)
+        response = fault.response() if fault is not None else await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception:
+        status = 500  # what aiohttp answers for a bug in a handler
+        raise
+    finally:
+        if not recorded:
+            record()
+
+
+async def _sleep(app: web.Application, seconds: float) -> None:
+    # Never time.sleep: one slow answer must not hold up the others.
+    task = asyncio.current_task()
+    assert task is not None
+    app[SLEEPERS].add(task)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        app[SLEEPERS].discard(task)
+
+
+async def _wake_sleepers(app: web.Application) -> None:
+    for task in list(app[SLEEPERS]):
+        task.cancel()

@@ -1,0 +1,77 @@
+"""Every request the sandbox answered, so tests can assert on what the site sent."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass
+
+# What tests ask about; "authorize_post" is the consent form being submitted.
+RECORDED_ENDPOINTS = (
+    "authorize",
+    "authorize_post",
+    "token",
+    "validate",
+    "revoke",
+    "users",
+)
+# Enough for any test; a long benchmark keeps only the latest requests while
+# the counts stay exact.
+MAX_RECORDED = 100_000
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    endpoint: str
+    method: str
+    path: str
+    # Kept apart so a test can tell a secret sent in the URL from one sent in
+    # the body.
+    query: dict[str, str]
+    form: dict[str, str]
+    headers: dict[str, str]
+    status: int  # 0: never answered (hung, or the client gave up first)
+    at: float
+
+    @property
+    def grant_type(self) -> str | None:
+        return self.form.get("grant_type", self.query.get("grant_type"))
+
+
+class RequestLog:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED)
+        self._counts: Counter[tuple[str, str | None]] = Counter()
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+            self._counts[request.endpoint, request.grant_type] += 1
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def count(self, endpoint: str, *, grant_type: str | None = None) -> int:
+        if endpoint not in RECORDED_ENDPOINTS:
+            raise ValueError(
+                f"unknown endpoint {endpoint!r}; use one of {RECORDED_ENDPOINTS}"
+            )
+        with self._lock:
+            if grant_type is not None:
+                return self._counts[endpoint, grant_type]
+            return sum(n for (e, _), n in self._counts.items() if e == endpoint)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            totals = dict.fromkeys(RECORDED_ENDPOINTS, 0)
+            for (endpoint, _), n in self._counts.items():
+                totals[endpoint] += n
+            return totals
+
+    def reset(self) -> None:
+        with self._lock:
+            self._requests.clear()
+            self._counts.clear()

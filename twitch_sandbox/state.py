@@ -1,0 +1,439 @@
+"""What the sandbox remembers: the app, its users, codes and tokens.
+
+Everything here runs under one lock because tests call in from their own thread
+while the server thread answers requests. Every lookup is a dict access so a
+benchmark can seed tens of thousands of tokens without slowing anything down.
+
+Times come from ``time.time()`` on purpose: when the sandbox runs in the same
+process as the site's tests, moving the clock with time-machine moves Twitch's
+clock too, so tokens expire when the test says they do.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+FIRST_USER_ID = 100_000_001
+CODE_LIFETIME = 600
+# Twitch's app access tokens live for about 60 days.
+APP_TOKEN_LIFETIME = 60 * 24 * 60 * 60
+# "A refresh token can have at most 50 valid access tokens at once."
+MAX_ACCESS_TOKENS_PER_LINEAGE = 50
+# Twitch logins: 4 to 25 characters; the sandbox also allows shorter ones so
+# tests can use short names.
+LOGIN_RE = re.compile(r"[a-z0-9_]{1,25}")
+
+
+@dataclass(frozen=True)
+class SandboxUser:
+    id: str
+    login: str
+    display_name: str
+    created_at: str = ""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A live access token as /validate and Helix see it."""
+
+    client_id: str
+    user: SandboxUser | None  # None for an app access token
+    scopes: tuple[str, ...]
+    expires_in: int
+
+
+class Rejected(Exception):
+    """Twitch refuses the request: the status code and its exact JSON body."""
+
+    def __init__(self, status: int, message: str, *, error: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, object] = {"status": status, "message": message}
+        if error is not None:
+            self.body = {"error": error, **self.body}
+
+
+@dataclass(slots=True)
+class _Code:
+    client_id: str
+    redirect_uri: str
+    user_id: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
+@dataclass(slots=True, eq=False)
+class _Lineage:
+    """One grant: the refresh token of the day and the access tokens minted
+    along the chain of refresh tokens that replaced each other."""
+
+    client_id: str
+    user_id: str
+    scopes: tuple[str, ...]
+    refresh_token: str
+    access_tokens: deque[_Access] = field(default_factory=deque)
+    refreshes: int = 0
+    alive: bool = True
+
+
+@dataclass(slots=True, eq=False)
+class _Access:
+    token: str
+    client_id: str
+    user_id: str | None
+    scopes: tuple[str, ...]
+    expires_at: float
+    lineage: _Lineage | None
+    alive: bool = True
+
+    def is_valid(self, now: float) -> bool:
+        return self.alive and now < self.expires_at
+
+
+def normalize_scopes(scopes: str | Iterable[str]) -> tuple[str, ...]:
+    """Space-delimited string or iterable to a tuple, order kept, no repeats."""
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    return tuple(dict.fromkeys(s for s in scopes if s))
+
+
+def normalize_login(login: str) -> str:
+    normalized = login.strip().lower()
+    if not LOGIN_RE.fullmatch(normalized):
+        raise ValueError(f"not a valid Twitch login: {login!r}")
+    return normalized
+
+
+class OAuthState:
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str,
+        redirect_uris: list[str],
+        access_token_lifetime: int,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        # Kept as the caller's list object: tests may append to it at any time.
+        self.redirect_uris = redirect_uris
+        self.access_token_lifetime = access_token_lifetime
+        self._lock = threading.Lock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self._next_user_id = FIRST_USER_ID
+        self._users_by_login: dict[str, SandboxUser] = {}
+        self._users_by_id: dict[str, SandboxUser] = {}
+        self._codes: dict[str, _Code] = {}
+        # Every token ever issued stays here (marked dead when it dies) so the
+        # sandbox can still say whose it was.
+        self._access: dict[str, _Access] = {}
+        self._refresh: dict[str, _Lineage] = {}
+        self._access_by_user: dict[str | None, list[_Access]] = {}
+        self._lineages_by_user: dict[str, list[_Lineage]] = {}
+        self._issued: list[str] = []
+        self._refreshes = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self._clear()
+
+    # The app -------------------------------------------------------------
+
+    def is_known_client(self, client_id: str | None) -> bool:
+        return bool(client_id) and client_id == self.client_id
+
+    def is_registered_redirect(self, redirect_uri: str | None) -> bool:
+        return redirect_uri is not None and redirect_uri in self.redirect_uris
+
+    def check_client(self, client_id: str | None, client_secret: str | None) -> None:
+        if not client_id:
+            raise Rejected(400, "missing client id")
+        if not self.is_known_client(client_id):
+            raise Rejected(400, "invalid client")
+        if not client_secret:
+            raise Rejected(400, "missing client secret")
+        if not hmac.compare_digest(client_secret.encode(), self.client_secret.encode()):
+            raise Rejected(403, "invalid client secret")
+
+    # Users ---------------------------------------------------------------
+
+    def add_user(self, login: str) -> SandboxUser:
+        login = normalize_login(login)
+        with self._lock:
+            return self._add_user(login)
+
+    def _add_user(self, login: str) -> SandboxUser:
+        user = self._users_by_login.get(login)
+        if user is None:
+            user = SandboxUser(
+                id=str(self._next_user_id),
+                login=login,
+                display_name=login.title(),
+                created_at=_iso(time.time()),
+            )
+            self._next_user_id += 1
+            self._users_by_login[login] = user
+            self._users_by_id[user.id] = user
+        return user
+
+    def user_by_login(self, login: str) -> SandboxUser | None:
+        with self._lock:
+            return self._users_by_login.get(login.lower())
+
+    def user_by_id(self, user_id: str) -> SandboxUser | None:
+        with self._lock:
+            return self._users_by_id.get(user_id)
+
+    # Codes and tokens ----------------------------------------------------
+
+    def authorize(
+        self, *, login: str, scopes: str | Iterable[str], redirect_uri: str
+    ) -> str:
+        """What approving the consent page does: a code for the user."""
+        login = normalize_login(login)
+        scopes = normalize_scopes(scopes)
+        code = secrets.token_urlsafe(24)
+        with self._lock:
+            user = self._add_user(login)
+            self._codes[code] = _Code(
+                client_id=self.client_id,
+                redirect_uri=redirect_uri,
+                user_id=user.id,
+                scopes=scopes,
+                expires_at=time.time() + CODE_LIFETIME,
+            )
+        return code
+
+    def exchange_code(
+        self, *, client_id: str, code: str | None, redirect_uri: str | None
+    ) -> dict[str, object]:
+        invalid = Rejected(400, "Invalid authorization code")
+        with self._lock:
+            # Popped before any check: a code is spent by the first attempt,
+            # even a failed one, so a stolen code cannot be retried.
+            grant = self._codes.pop(code, None) if code else None
+            if (
+                grant is None
+                or grant.expires_at <= time.time()
+                or grant.client_id != client_id
+                or grant.redirect_uri != redirect_uri
+            ):
+                raise invalid
+            lineage = self._new_lineage(grant.user_id, grant.scopes)
+            return self._token_response(self._mint_access(lineage))
+
+    def refresh(
+        self, *, client_id: str, refresh_token: str | None
+    ) -> dict[str, object]:
+        with self._lock:
+            lineage = self._live_lineage(refresh_token)
+            if lineage is None or lineage.client_id != client_id:
+                raise Rejected(400, "Invalid refresh token", error="Bad Request")
+            # Strictest reading of "refresh tokens may change": they always
+            # do, and the old one stops working at once.
+            new_refresh = _refresh_token()
+            self._refresh[new_refresh] = lineage
+            self._issued.append(new_refresh)
+            lineage.refresh_token = new_refresh
+            lineage.refreshes += 1
+            self._refreshes += 1
+            return self._token_response(self._mint_access(lineage))
+
+    def issue_app_token(self, *, client_id: str) -> dict[str, object]:
+        with self._lock:
+            access = _Access(
+                token=_access_token(),
+                client_id=client_id,
+                user_id=None,
+                scopes=(),
+                expires_at=time.time() + APP_TOKEN_LIFETIME,
+                lineage=None,
+            )
+            self._store_access(access)
+            return {
+                "access_token": access.token,
+                "expires_in": APP_TOKEN_LIFETIME,
+                "token_type": "bearer",
+            }
+
+    def issue_tokens(
+        self, *, login: str, scopes: str | Iterable[str]
+    ) -> dict[str, object]:
+        """A token pair without the consent dance (for seeding benchmarks)."""
+        login = normalize_login(login)
+        scopes = normalize_scopes(scopes)
+        with self._lock:
+            user = self._add_user(login)
+            lineage = self._new_lineage(user.id, scopes)
+            body = self._token_response(self._mint_access(lineage))
+        del body["token_type"]
+        return body
+
+    def _new_lineage(self, user_id: str, scopes: tuple[str, ...]) -> _Lineage:
+        lineage = _Lineage(
+            client_id=self.client_id,
+            user_id=user_id,
+            scopes=scopes,
+            refresh_token=_refresh_token(),
+        )
+        self._refresh[lineage.refresh_token] = lineage
+        self._lineages_by_user.setdefault(user_id, []).append(lineage)
+        self._issued.append(lineage.refresh_token)
+        return lineage
+
+    def _mint_access(self, lineage: _Lineage) -> _Access:
+        now = time.time()
+        access = _Access(
+            token=_access_token(),
+            client_id=lineage.client_id,
+            user_id=lineage.user_id,
+            scopes=lineage.scopes,
+            expires_at=now + self.access_token_lifetime,
+            lineage=lineage,
+        )
+        self._store_access(access)
+        minted = lineage.access_tokens
+        minted.append(access)
+        if len(minted) > MAX_ACCESS_TOKENS_PER_LINEAGE:
+            # Only valid tokens count towards the 50; the oldest goes first.
+            valid = deque(a for a in minted if a.is_valid(now))
+            while len(valid) > MAX_ACCESS_TOKENS_PER_LINEAGE:
+                valid.popleft().alive = False
+            lineage.access_tokens = valid
+        return access
+
+    def _store_access(self, access: _Access) -> None:
+        self._access[access.token] = access
+        self._access_by_user.setdefault(access.user_id, []).append(access)
+        self._issued.append(access.token)
+
+    def _token_response(self, access: _Access) -> dict[str, object]:
+        assert access.lineage is not None
+        return {
+            "access_token": access.token,
+            "expires_in": self.access_token_lifetime,
+            "refresh_token": access.lineage.refresh_token,
+            "scope": list(access.scopes),
+            "token_type": "bearer",
+        }
+
+    def _live_lineage(self, refresh_token: str | None) -> _Lineage | None:
+        lineage = self._refresh.get(refresh_token) if refresh_token else None
+        if lineage is None or not lineage.alive:
+            return None
+        if lineage.refresh_token != refresh_token:
+            return None  # an older token of the chain: already rotated away
+        return lineage
+
+    # Using tokens --------------------------------------------------------
+
+    def token_info(self, token: str | None) -> TokenInfo | None:
+        """The live access token, or None if unknown, expired or revoked."""
+        with self._lock:
+            access = self._access.get(token) if token else None
+            now = time.time()
+            if access is None or not access.is_valid(now):
+                return None
+            user = self._users_by_id.get(access.user_id) if access.user_id else None
+            return TokenInfo(
+                client_id=access.client_id,
+                user=user,
+                scopes=access.scopes,
+                expires_in=max(0, int(access.expires_at - now)),
+            )
+
+    def revoke(self, *, client_id: str | None, token: str | None) -> None:
+        if not client_id:
+            raise Rejected(400, "missing client id")
+        if not self.is_known_client(client_id):
+            raise Rejected(404, "client does not exist")
+        with self._lock:
+            # Only access tokens can be revoked here; a refresh token is as
+            # unknown to this endpoint as garbage.
+            access = self._access.get(token) if token else None
+            if access is None or not access.alive or access.client_id != client_id:
+                raise Rejected(400, "Invalid token")
+            # The docs are silent about the refresh token; it stays valid so
+            # that the site wiping its own copy is what protects the user.
+            access.alive = False
+
+    def expire_access_tokens(self, login: str | None = None) -> None:
+        with self._lock:
+            if login is None:
+                tokens: Iterable[_Access] = self._access.values()
+            else:
+                tokens = self._access_by_user.get(self._user_id(login), [])
+            past = time.time() - 1
+            for access in tokens:
+                access.expires_at = min(access.expires_at, past)
+
+    def disconnect_user(self, login: str) -> None:
+        """The user disconnected the app on Twitch: all their tokens die."""
+        with self._lock:
+            user_id = self._user_id(login)
+            for access in self._access_by_user.get(user_id, []):
+                access.alive = False
+            for lineage in self._lineages_by_user.get(user_id, []):
+                lineage.alive = False
+
+    def _user_id(self, login: str) -> str:
+        user = self._users_by_login.get(login.lower())
+        if user is None:
+            raise KeyError(f"no sandbox user with login {login!r}")
+        return user.id
+
+    # Questions tests ask -------------------------------------------------
+
+    def tokens_issued(self) -> list[str]:
+        with self._lock:
+            return list(self._issued)
+
+    def refresh_count(self, refresh_token: str | None = None) -> int:
+        """Successful refreshes overall, or along the chain of any refresh
+        token that was ever issued in it."""
+        with self._lock:
+            if refresh_token is None:
+                return self._refreshes
+            lineage = self._refresh.get(refresh_token)
+            return 0 if lineage is None else lineage.refreshes
+
+    def user_for_access_token(self, token: str) -> SandboxUser | None:
+        """Whose token it was, even if it has expired or died since."""
+        with self._lock:
+            access = self._access.get(token)
+            if access is None or access.user_id is None:
+                return None
+            return self._users_by_id.get(access.user_id)
+
+    def is_access_token_valid(self, token: str) -> bool:
+        with self._lock:
+            access = self._access.get(token)
+            return access is not None and access.is_valid(time.time())
+
+    def is_refresh_token_valid(self, token: str) -> bool:
+        with self._lock:
+            return self._live_lineage(token) is not None
+
+
+def _access_token() -> str:
+    # Twitch's access tokens are 30 lowercase alphanumerics.
+    return secrets.token_hex(15)
+
+
+def _refresh_token() -> str:
+    # ...and its refresh tokens 50.
+    return secrets.token_hex(25)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
