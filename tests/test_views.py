@@ -450,3 +450,32 @@ def test_home_shows_expiry_in_hours_and_minutes(client, alice: User, sandbox):
     make_token(alice, sandbox, expires_in=3 * 3600 + 12 * 60 + 30)
     client.force_login(alice)
     assert "in 3 h 12 min" in page(client.get("/"))
+
+
+async def test_connecting_and_disconnecting_send_signals(alice_client, sandbox):
+    from accounts import signals
+
+    heard = []
+
+    async def listen(sender, token, signal, **kwargs):
+        heard.append((signal, token.login))
+
+    signals.token_connected.connect(listen)
+    signals.token_revoked.connect(listen)
+    try:
+        await connect_twitch(alice_client, login="alicestreams")
+        await alice_client.post("/twitch/disconnect/")
+    finally:
+        signals.token_connected.disconnect(listen)
+        signals.token_revoked.disconnect(listen)
+
+    assert heard == [
+        (signals.token_connected, "alicestreams"),
+        (signals.token_revoked, "alicestreams"),
+    ]
+
+
+def test_healthz_is_reachable_over_plain_http_when_https_is_enforced(client, settings):
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/").status_code == 301
