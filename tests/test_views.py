@@ -278,7 +278,10 @@ async def test_a_token_endpoint_that_hangs_times_out_with_a_clear_page(
         await twitch.close_http_session()
 
     assert response.status_code == 502
+    assert "Twitch could not be reached" in page(response)
     assert await TwitchToken.objects.acount() == 0
+    retried = await connect_twitch(alice_client, login="alicestreams")
+    assert retried.status_code == 302
 
 
 async def test_an_unreachable_twitch_shows_a_clear_page(alice_client, settings):
