@@ -208,6 +208,17 @@ class TwitchTokenAdmin(admin.ModelAdmin):
         # None), never editing a row by hand: each token's page is view-only.
         return obj is None and super().has_change_permission(request)
 
+    def has_delete_permission(
+        self, request: HttpRequest, obj: TwitchToken | None = None
+    ) -> bool:
+        # Deleting a row that still holds a token would forget it without telling
+        # Twitch: revoke first. A revoked row may go (with its user, say).
+        return (
+            obj is not None
+            and obj.status == TwitchToken.Status.REVOKED
+            and super().has_delete_permission(request, obj)
+        )
+
     def has_revoke_permission(self, request: HttpRequest) -> bool:
         codename = get_permission_codename("revoke", self.opts)
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")

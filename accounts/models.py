@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from accounts.fields import EncryptedTextField
+from accounts.fields import EncryptedTextField, UndecryptableSecret
 
 
 class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
@@ -77,6 +77,12 @@ class TwitchToken(models.Model):
         return f"<TwitchToken pk={self.pk} login={self.login!r} status={self.status}>"
 
     @property
+    def is_undecryptable(self) -> bool:
+        return isinstance(self.refresh_token, UndecryptableSecret) or isinstance(
+            self.access_token, UndecryptableSecret
+        )
+
+    @property
     def is_usable(self) -> bool:
         return self.status == self.Status.ACTIVE and bool(self.refresh_token)
 
@@ -133,3 +139,18 @@ class TokenEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} {self.get_outcome_display().lower()}"
+
+
+class SpentOAuthState(models.Model):
+    """An OAuth state that a callback has used.
+
+    Pending states live in the browser's session, but two requests can read the same
+    session at once; inserting here is what makes using a state atomic, even across
+    processes. Rows older than the state lifetime are pruned as new ones arrive.
+    """
+
+    digest = models.CharField(max_length=64, primary_key=True)  # SHA-256 hex
+    spent_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return self.digest[:12]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import operator
 import secrets
@@ -23,13 +24,14 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.sessions.backends.base import SessionBase
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
+from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
-from accounts.models import TokenEvent, TwitchToken
+from accounts.models import SpentOAuthState, TokenEvent, TwitchToken
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +82,23 @@ async def take_state(*, session: SessionBase, state: str) -> str:
         raise InvalidState("unknown")
     if now - pending[match]["created"] >= STATE_LIFETIME:
         raise InvalidState("expired")
+    if not await sync_to_async(_spend_state)(match):
+        raise InvalidState("replayed")
     return str(pending[match]["next"])
+
+
+def _spend_state(state: str) -> bool:
+    """Record the state as used; False if a concurrent request already did."""
+    digest = hashlib.sha256(state.encode()).hexdigest()
+    try:
+        with transaction.atomic():
+            SpentOAuthState.objects.filter(
+                spent_at__lt=timezone.now() - timedelta(seconds=STATE_LIFETIME)
+            ).delete()
+            SpentOAuthState.objects.create(digest=digest)
+    except IntegrityError:
+        return False
+    return True
 
 
 # --- Connecting --------------------------------------------------------------------
@@ -191,7 +209,7 @@ async def revoke_token(
     """
     if token.status == TwitchToken.Status.REVOKED and not token.refresh_token:
         return RevokeOutcome.ALREADY_REVOKED
-    told_twitch = True
+    told_twitch = not token.is_undecryptable
     if token.access_token:
         told_twitch = await _revoke_quietly(token.access_token)
     await sync_to_async(_wipe)(
@@ -260,13 +278,18 @@ async def connection_for(user: AbstractBaseUser) -> TwitchToken | None:
 
 # --- Keeping tokens alive: refresh and validate ---------------------------------------
 
-# While a run holds a token's lease nobody else refreshes it. Far longer than one
-# token's work can take (timeouts x retries), so a lease never lapses mid-refresh.
-LEASE = timedelta(minutes=5)
+# While a run holds a token's lease nobody else refreshes it. A token's work is
+# started only while at least LEASE_NEEDED remains, which is more than its worst
+# case (three calls, three attempts each at 8 s, waits for rate limits), and its
+# result is written within FLUSH_EVERY of Twitch's answer: a lease never lapses
+# with a rotated refresh token still in memory.
+LEASE = timedelta(minutes=10)
+LEASE_NEEDED = timedelta(minutes=5)
 # Twitch requires apps to validate the tokens they keep at least hourly.
 VALIDATE_EVERY = timedelta(hours=1)
-CLAIM_BATCH = 200
 WRITE_BATCH = 100
+FLUSH_EVERY = 0.2  # seconds
+MAX_WRITE_FAILURES = 25  # about five seconds of a database that refuses writes
 
 
 class Outcome(enum.Enum):
@@ -361,6 +384,8 @@ class _Result:
     grant: twitch.TokenGrant | None = None
     validated: bool = False
     error: str = ""
+    # A grant Twitch issued that could not be stored (the row changed meanwhile).
+    orphaned: bool = False
 
 
 def select_due(plan: Plan, queryset: QuerySet[TwitchToken] | None = None) -> list[int]:
@@ -392,32 +417,52 @@ async def maintain_tokens(
     """
     started = time.monotonic()
     report = Report()
-    queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=CLAIM_BATCH)
+    # Claim little ahead of the workers, so claimed tokens do not wait long.
+    claim_batch = max(2 * concurrency, 10)
+    queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=concurrency)
     pending: list[_Result] = []
     write_lock = asyncio.Lock()
+    working = True
+    write_failures = 0
 
-    async def flush(everything: bool = False) -> None:
-        if not everything and (len(pending) < WRITE_BATCH or write_lock.locked()):
-            # A worker never waits for the database: a flush under way, or the
-            # next one, takes these results with it.
-            return
+    async def flush() -> None:
+        nonlocal write_failures
         async with write_lock:
             if not pending:
                 return
             batch = pending[:]
             pending.clear()
-            written = await sync_to_async(_store_results)(
-                batch, source=source, actor=actor
-            )
+            try:
+                written = await sync_to_async(_store_results)(
+                    batch, source=source, actor=actor
+                )
+            except DatabaseError:
+                # Twitch's answers (rotated refresh tokens among them) must not be
+                # dropped: keep them and write them on the next round.
+                write_failures += 1
+                logger.exception("could not store %s results; will retry", len(batch))
+                pending[:0] = batch
+                if write_failures > MAX_WRITE_FAILURES:
+                    raise
+                return
         for result in written:
             report.counts[result.outcome] += 1
+            if result.orphaned and result.grant is not None:
+                await _revoke_quietly(result.grant.access_token)
             await _announce(result)
         if progress is not None:
             progress(len(written))
 
+    async def write_regularly() -> None:
+        # Results reach the database within FLUSH_EVERY, or at once in batches of
+        # WRITE_BATCH (workers trigger those), whatever the slowest token does.
+        while working or pending:
+            await asyncio.sleep(FLUSH_EVERY)
+            await flush()
+
     async def claim_all() -> None:
-        for start in range(0, len(pks), CLAIM_BATCH):
-            chunk = pks[start : start + CLAIM_BATCH]
+        for start in range(0, len(pks), claim_batch):
+            chunk = pks[start : start + claim_batch]
             claimed = await sync_to_async(_claim)(chunk, plan=plan)
             skipped = len(chunk) - len(claimed)
             report.counts[Outcome.SKIPPED] += skipped
@@ -431,10 +476,15 @@ async def maintain_tokens(
     async def work() -> None:
         while (token := await queue.get()) is not None:
             pending.append(await _maintain_one(token, plan=plan, attempts=attempts))
-            await flush()
+            if len(pending) >= WRITE_BATCH and not write_lock.locked():
+                await flush()
 
-    await asyncio.gather(claim_all(), *(work() for _ in range(concurrency)))
-    await flush(everything=True)
+    writer = asyncio.create_task(write_regularly())
+    try:
+        await asyncio.gather(claim_all(), *(work() for _ in range(concurrency)))
+    finally:
+        working = False
+        await writer
     report.seconds = time.monotonic() - started
     return report
 
@@ -457,11 +507,34 @@ def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
     return list(TwitchToken.objects.filter(pk__in=claimable).order_by("expires_at"))
 
 
+@sensitive_variables()
 async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Result:
     assert token.claimed_until is not None
     result = _Result(token=token, lease=token.claimed_until, outcome=Outcome.SKIPPED)
     now = timezone.now()
+    if token.claimed_until - now < LEASE_NEEDED:
+        return result  # waited too long in the queue; the next run takes it
+    if token.is_undecryptable:
+        result.outcome = Outcome.FAILED
+        result.error = (
+            "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KEYS."
+        )
+        return result
+    try:
+        await _refresh_and_validate(
+            token, result, plan=plan, now=now, attempts=attempts
+        )
+    except Exception:
+        # One token's surprise must not cost the others their stored results.
+        logger.exception("unexpected failure while maintaining token %s", token.pk)
+        result.outcome, result.error = Outcome.FAILED, "Unexpected error; see the logs."
+    return result
 
+
+@sensitive_variables()
+async def _refresh_and_validate(
+    token: TwitchToken, result: _Result, *, plan: Plan, now: datetime, attempts: int
+) -> None:
     async def refresh() -> None:
         try:
             result.grant = await twitch.with_retries(
@@ -469,7 +542,12 @@ async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Re
             )
             result.outcome = Outcome.REFRESHED
         except twitch.InvalidCredential as error:
-            result.outcome, result.error = Outcome.NEEDS_RECONNECT, str(error)
+            if error.after_unanswered_attempt:
+                # An earlier attempt may have rotated the token at Twitch before
+                # its answer was lost: not proof that the user must reconnect.
+                result.outcome, result.error = Outcome.FAILED, str(error)
+            else:
+                result.outcome, result.error = Outcome.NEEDS_RECONNECT, str(error)
         except twitch.TwitchError as error:
             result.outcome, result.error = Outcome.FAILED, str(error)
 
@@ -499,66 +577,94 @@ async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Re
         except twitch.TwitchError as error:
             if result.outcome is Outcome.SKIPPED:
                 result.outcome, result.error = Outcome.FAILED, str(error)
-    return result
 
 
 def _store_results(
     results: list[_Result], *, source: TokenEvent.Source, actor: AbstractBaseUser | None
 ) -> list[_Result]:
+    """Write the results in one transaction; only after it commits are they final.
+
+    Nothing in `results` is changed before the commit, so a failed write can be
+    retried with the same results.
+    """
     now = timezone.now()
-    events = []
+    decided: list[tuple[_Result, Outcome, dict[str, Any] | None]] = []
     with transaction.atomic():
         for result in results:
-            token = result.token
-            changes: dict[str, Any] = {"claimed_until": None, "updated_at": now}
-            if result.grant is not None:
-                changes.update(
-                    access_token=result.grant.access_token,
-                    refresh_token=result.grant.refresh_token,
-                    scopes=result.grant.scopes,
-                    expires_at=now + timedelta(seconds=result.grant.expires_in),
-                    last_refreshed_at=now,
-                    last_error="",
-                )
-            if result.validated:
-                changes["last_validated_at"] = now
-            if result.outcome is Outcome.NEEDS_RECONNECT:
-                if _refresh_token_changed_since(token):
-                    # Someone else (site code using twitch_for) refreshed it while
-                    # we held the old one: nothing is wrong with the connection.
-                    result.outcome, result.error = Outcome.SKIPPED, ""
-                else:
-                    changes.update(status=TwitchToken.Status.NEEDS_RECONNECT)
-            if result.error:
-                changes["last_error"] = result.error[:200]
+            outcome, changes = _decide(result, now=now)
             stored = (
                 TwitchToken.objects.filter(
-                    pk=token.pk, claimed_until=result.lease, status=token.status
+                    pk=result.token.pk,
+                    claimed_until=result.lease,
+                    status=result.token.status,
                 ).update(**changes)
                 == 1
             )
-            if not stored:
-                # Revoked or re-claimed meanwhile: what we learnt is no longer ours
-                # to write (a refreshed token is left to expire unused).
-                logger.warning(
-                    "token %s changed during its refresh; not stored", token.pk
-                )
-                result.outcome = Outcome.SKIPPED
-                continue
-            for name, value in changes.items():
-                setattr(token, name, value)
-            events.extend(_events_for(result, source=source, actor=actor, now=now))
-        TokenEvent.objects.bulk_create(events)
+            decided.append((result, outcome, changes if stored else None))
+        TokenEvent.objects.bulk_create(
+            event
+            for result, outcome, changes in decided
+            if changes is not None
+            for event in _events_for(
+                result, outcome, source=source, actor=actor, now=now
+            )
+        )
+    for result, outcome, changes in decided:
+        if changes is None:
+            # Revoked or re-claimed meanwhile: what we learnt is no longer ours to
+            # write, and a grant nobody will hold is revoked at Twitch.
+            logger.warning(
+                "token %s changed during its refresh; not stored", result.token.pk
+            )
+            result.outcome = Outcome.SKIPPED
+            result.orphaned = result.grant is not None
+            continue
+        result.outcome = outcome
+        for name, value in changes.items():
+            setattr(result.token, name, value)
     return results
 
 
+def _decide(result: _Result, *, now: datetime) -> tuple[Outcome, dict[str, Any]]:
+    """The outcome to record and the columns to write for one result."""
+    outcome, error = result.outcome, result.error
+    changes: dict[str, Any] = {"claimed_until": None, "updated_at": now}
+    if result.grant is not None:
+        changes.update(
+            access_token=result.grant.access_token,
+            refresh_token=result.grant.refresh_token,
+            scopes=result.grant.scopes,
+            expires_at=now + timedelta(seconds=result.grant.expires_in),
+            last_refreshed_at=now,
+            last_error="",
+        )
+    if result.validated:
+        changes["last_validated_at"] = now
+    if outcome is Outcome.NEEDS_RECONNECT:
+        if _refresh_token_changed_since(result.token):
+            # Site code (twitch_for) refreshed it while we held the old one:
+            # nothing is wrong with the connection.
+            outcome, error = Outcome.SKIPPED, ""
+        else:
+            changes["status"] = TwitchToken.Status.NEEDS_RECONNECT
+    if error:
+        changes["last_error"] = error[:200]
+    return outcome, changes
+
+
 def _refresh_token_changed_since(token: TwitchToken) -> bool:
-    current = TwitchToken.objects.filter(pk=token.pk).only("refresh_token").first()
+    current = (
+        TwitchToken.objects.select_for_update()
+        .filter(pk=token.pk)
+        .only("refresh_token")
+        .first()
+    )
     return current is not None and current.refresh_token != token.refresh_token
 
 
 def _events_for(
     result: _Result,
+    outcome: Outcome,
     *,
     source: TokenEvent.Source,
     actor: AbstractBaseUser | None,
@@ -578,11 +684,11 @@ def _events_for(
     events = []
     if result.validated:
         events.append(event(TokenEvent.Action.VALIDATE, TokenEvent.Outcome.SUCCEEDED))
-    if result.outcome is Outcome.REFRESHED:
+    if outcome is Outcome.REFRESHED:
         events.append(event(TokenEvent.Action.REFRESH, TokenEvent.Outcome.SUCCEEDED))
-    elif result.outcome is Outcome.NEEDS_RECONNECT:
+    elif outcome is Outcome.NEEDS_RECONNECT:
         events.append(event(TokenEvent.Action.REFRESH, TokenEvent.Outcome.REJECTED))
-    elif result.outcome is Outcome.FAILED:
+    elif outcome is Outcome.FAILED:
         action = (
             TokenEvent.Action.REFRESH
             if result.grant is None and "validate" not in result.error
@@ -656,27 +762,15 @@ async def _store_site_refresh(
 ) -> None:
     """Store tokens that twitchAPI refreshed by itself, before anything else happens."""
     now = timezone.now()
-    # twitchAPI does not pass on expires_in: assume the worst until validation
-    # tells us, so a failed validation only means an early refresh.
-    stored = await TwitchToken.objects.filter(
-        pk=token.pk, status=TwitchToken.Status.ACTIVE
-    ).aupdate(
-        access_token=access_token,
-        refresh_token=refresh_token,
-        expires_at=now,
-        last_refreshed_at=now,
-        last_error="",
-        updated_at=now,
-    )
-    if not stored:
+    if not await sync_to_async(_store_site_refresh_in_transaction)(
+        token, access_token, refresh_token, now=now
+    ):
+        # The row moved on while the client was in use (a reconnect, perhaps to
+        # another Twitch account, a disconnect, or a refresh elsewhere): what it
+        # holds now wins. The client keeps its tokens until the block ends.
+        logger.warning("token %s changed while in use; refresh not stored", token.pk)
         return
     token.access_token, token.refresh_token = access_token, refresh_token
-    await TokenEvent.objects.acreate(
-        token=token,
-        action=TokenEvent.Action.REFRESH,
-        outcome=TokenEvent.Outcome.SUCCEEDED,
-        source=TokenEvent.Source.SITE,
-    )
     try:
         info = await twitch.validate(access_token)
     except twitch.TwitchError as error:
@@ -687,3 +781,34 @@ async def _store_site_refresh(
             expires_at=token.expires_at, last_validated_at=now
         )
     await signals.token_refreshed.asend(sender=TwitchToken, token=token)
+
+
+def _store_site_refresh_in_transaction(
+    token: TwitchToken, access_token: str, refresh_token: str, *, now: datetime
+) -> bool:
+    with transaction.atomic():
+        current = TwitchToken.objects.select_for_update().filter(pk=token.pk).first()
+        if (
+            current is None
+            or current.status != TwitchToken.Status.ACTIVE
+            or current.twitch_user_id != token.twitch_user_id
+            or current.refresh_token != token.refresh_token
+        ):
+            return False
+        # twitchAPI does not pass on expires_in: assume the worst until
+        # validation tells us, so a failed validation only means an early refresh.
+        TwitchToken.objects.filter(pk=token.pk).update(
+            access_token=access_token,
+            refresh_token=refresh_token,
+            expires_at=now,
+            last_refreshed_at=now,
+            last_error="",
+            updated_at=now,
+        )
+        TokenEvent.objects.create(
+            token=token,
+            action=TokenEvent.Action.REFRESH,
+            outcome=TokenEvent.Outcome.SUCCEEDED,
+            source=TokenEvent.Source.SITE,
+        )
+    return True

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
 from twitchAPI.oauth import validate_token as twitchapi_validate_token
 from twitchAPI.twitch import Twitch
 from twitchAPI.type import AuthScope
@@ -55,9 +56,18 @@ class TwitchUnavailable(TwitchError):
     Nothing is known about the credential: keep it and try again later.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        rate_limited: bool = False,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        # A 429 means Twitch did nothing; any other failure leaves it unknown
+        # whether Twitch acted on the request before its answer was lost.
+        self.rate_limited = rate_limited
 
 
 class TwitchRejected(TwitchError):
@@ -70,6 +80,10 @@ class TwitchRejected(TwitchError):
 
 class InvalidCredential(TwitchRejected):
     """Twitch says the code or token itself is no good (used, expired, revoked)."""
+
+    # Set by with_retries: an earlier attempt of the same call may have been acted
+    # on (a refresh token rotated) without its answer reaching us.
+    after_unanswered_attempt = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,7 @@ def authorize_url(*, state: str, force_verify: bool = False) -> str:
     return f"{settings.TWITCH_AUTH_BASE_URL}authorize?{urlencode(query)}"
 
 
+@sensitive_variables()
 async def exchange_code(code: str) -> TokenGrant:
     body = await _post_form(
         "token",
@@ -181,6 +196,7 @@ async def exchange_code(code: str) -> TokenGrant:
     return _token_grant(body)
 
 
+@sensitive_variables()
 async def refresh(refresh_token: str) -> TokenGrant:
     body = await _post_form(
         "token",
@@ -195,6 +211,7 @@ async def refresh(refresh_token: str) -> TokenGrant:
     return _token_grant(body)
 
 
+@sensitive_variables()
 async def validate(access_token: str) -> TokenInfo:
     try:
         body = await twitchapi_validate_token(
@@ -204,6 +221,13 @@ async def validate(access_token: str) -> TokenInfo:
         )
     except (TimeoutError, aiohttp.ClientError, ValueError) as error:
         raise _unavailable("validate", error) from None
+    except (AttributeError, TypeError):
+        # twitchAPI assumes a JSON object; anything else trips it up inside.
+        raise TwitchUnavailable(
+            "Twitch's validate endpoint answered nonsense."
+        ) from None
+    if not isinstance(body, dict):
+        raise TwitchUnavailable("Twitch's validate endpoint answered nonsense.")
     status = body.get("status", 200)
     if status == 401:
         raise InvalidCredential("Twitch says the access token is invalid.", status=401)
@@ -216,16 +240,22 @@ async def validate(access_token: str) -> TokenInfo:
         )
     if "user_id" not in body:
         raise TwitchUnavailable("Twitch's validate endpoint gave an unexpected answer.")
-    return TokenInfo(
-        user_id=str(body["user_id"]),
-        login=str(body.get("login") or ""),
-        # twitchAPI maps scopes to AuthScope and unknown ones to None.
-        scopes=[scope.value for scope in body.get("scopes") or [] if scope],
-        expires_in=int(body.get("expires_in") or 0),
-        client_id=str(body.get("client_id") or ""),
-    )
+    try:
+        return TokenInfo(
+            user_id=str(body["user_id"]),
+            login=str(body.get("login") or ""),
+            # twitchAPI maps scopes to AuthScope and unknown ones to None.
+            scopes=[scope.value for scope in body.get("scopes") or [] if scope],
+            expires_in=int(body.get("expires_in") or 0),
+            client_id=str(body.get("client_id") or ""),
+        )
+    except (TypeError, ValueError, AttributeError):
+        raise TwitchUnavailable(
+            "Twitch's validate endpoint answered nonsense."
+        ) from None
 
 
+@sensitive_variables()
 async def revoke(access_token: str) -> None:
     await _post_form(
         "revoke",
@@ -236,10 +266,15 @@ async def revoke(access_token: str) -> None:
 
 async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
     """Retry transient failures with backoff, honouring Twitch's rate-limit reset."""
+    unanswered = False
     for attempt in range(1, attempts + 1):
         try:
             return await call()
+        except InvalidCredential as error:
+            error.after_unanswered_attempt = unanswered
+            raise
         except TwitchUnavailable as error:
+            unanswered = unanswered or not error.rate_limited
             if attempt == attempts:
                 raise
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
@@ -251,6 +286,7 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -
     raise AssertionError("unreachable")
 
 
+@sensitive_variables()
 async def user_client(
     *,
     access_token: str,
@@ -293,6 +329,7 @@ def _translate_twitchapi(error: Exception) -> TwitchError:
     return _unavailable("api", error)
 
 
+@sensitive_variables()
 async def _post_form(
     endpoint: str, form: dict[str, str], *, credential_words: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -320,6 +357,7 @@ async def _post_form(
         raise TwitchUnavailable(
             f"Twitch's {endpoint} endpoint is rate limiting us.",
             retry_after=_retry_after(headers),
+            rate_limited=True,
         )
     if status >= 500:
         raise TwitchUnavailable(f"Twitch's {endpoint} endpoint answered {status}.")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -19,6 +18,18 @@ from accounts import services, twitch
 from accounts.models import TokenEvent, TwitchToken
 
 logger = logging.getLogger(__name__)
+
+# RFC 6749, section 4.1.2.1: what an authorization server may put in `error`.
+OAUTH_ERROR_CODES = frozenset(
+    {
+        "invalid_request",
+        "unauthorized_client",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+    }
+)
 
 
 async def arender(
@@ -173,9 +184,9 @@ async def _twitch_error(request: HttpRequest, error: str) -> HttpResponse:
             "cannot finish. Please tell the site's staff."
         )
     else:
-        # Only a short code of Twitch's own vocabulary; never echo free text that
-        # anyone could put in a link.
-        code = error if re.fullmatch(r"[a-z_]{1,40}", error) else "unknown"
+        # Only OAuth's own error codes are named: never echo text that anyone
+        # could put in a link.
+        code = error if error in OAUTH_ERROR_CODES else "unknown error"
         sentence = (
             f"Twitch could not complete the connection ({code}). Please try again."
         )

@@ -547,12 +547,16 @@ def test_the_user_page_shows_their_twitch_connection_read_only(
     assert 'name="twitch_token-TOTAL_FORMS" value="0"' in unconnected
 
 
-def test_a_user_with_a_twitch_connection_and_its_trail_can_still_be_deleted(
+def test_a_user_whose_token_is_live_cannot_be_deleted_until_it_is_revoked(
     admin_client, alice, sandbox
 ):
     token = make_token(alice, sandbox)
-    act(admin_client, "validate_tokens", [token])
 
+    refused = admin_client.post(f"/admin/auth/user/{alice.pk}/delete/", {"post": "yes"})
+    assert refused.status_code == 403
+    assert TwitchToken.objects.filter(pk=token.pk).exists()
+
+    act(admin_client, "revoke_tokens", [token], post="yes")
     response = admin_client.post(
         f"/admin/auth/user/{alice.pk}/delete/", {"post": "yes"}
     )
@@ -560,3 +564,12 @@ def test_a_user_with_a_twitch_connection_and_its_trail_can_still_be_deleted(
     assert response.status_code == 302
     assert not TwitchToken.objects.exists()
     assert not TokenEvent.objects.exists()
+    assert not sandbox.is_access_token_valid(token.access_token)
+
+
+def test_staff_cannot_delete_a_live_token_row(admin_client, alice, sandbox):
+    token = make_token(alice, sandbox)
+    response = admin_client.get(f"/admin/accounts/twitchtoken/{token.pk}/delete/")
+    assert response.status_code == 403
+    changelist = admin_client.get("/admin/accounts/twitchtoken/")
+    assert "delete_selected" not in action_names(changelist)

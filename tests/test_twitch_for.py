@@ -91,3 +91,21 @@ async def test_twitch_for_refuses_a_token_twitch_no_longer_accepts(alice, sandbo
     with pytest.raises(NoUsableToken):
         async with twitch_for(alice):
             pass
+
+
+async def test_a_refresh_mid_use_does_not_overwrite_a_reconnected_account(
+    alice, alice_client, sandbox
+):
+    from tests.conftest import connect_twitch
+
+    await connect_twitch(alice_client, login="alice")
+    async with twitch_for(alice) as client:
+        # The user reconnects as another Twitch account while a bot holds a client.
+        await connect_twitch(alice_client, login="otheraccount")
+        sandbox.expire_access_tokens("alice")
+        await first(client.get_users())  # twitchAPI refreshes alice's token
+
+    stored = await TwitchToken.objects.aget(user=alice)
+    assert stored.login == "otheraccount"
+    assert sandbox.user_for_access_token(stored.access_token).login == "otheraccount"
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)

@@ -226,12 +226,13 @@ async def test_free_text_from_the_callback_url_is_never_shown(alice_client):
         "/twitch/callback/",
         {
             "state": query["state"],
-            "error": "Call +1 555 scam",
-            "error_description": "x",
+            "error": "call_evil_support_now",
+            "error_description": "Call +1 555 0100",
         },
     )
     assert response.status_code == 400
-    assert "scam" not in page(response)
+    assert "evil" not in page(response) and "555" not in page(response)
+    assert "unknown error" in page(response)
 
 
 @pytest.mark.parametrize(
@@ -482,3 +483,36 @@ def test_healthz_is_reachable_over_plain_http_when_https_is_enforced(client, set
     settings.SECURE_SSL_REDIRECT = True
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 301
+
+
+async def test_two_identical_callbacks_at_once_reach_twitch_once(alice_client, sandbox):
+    started = await alice_client.post("/twitch/connect/")
+    back = await approve_on_twitch(started["Location"], login="alicestreams")
+    sandbox.set_latency(0.1, endpoint="token")
+
+    first, second = await asyncio.gather(
+        callback(alice_client, back), callback(alice_client, back)
+    )
+
+    assert sorted([first.status_code, second.status_code]) == [302, 400]
+    assert sandbox.count("token") == 1
+
+
+async def test_a_state_used_by_one_tab_cannot_come_back_through_another(
+    alice_client, sandbox
+):
+    first = await alice_client.post("/twitch/connect/")
+    second = await alice_client.post("/twitch/connect/")
+    back_first = await approve_on_twitch(first["Location"], login="tab")
+    back_second = await approve_on_twitch(second["Location"], login="tab")
+    await asyncio.gather(
+        callback(alice_client, back_first), callback(alice_client, back_second)
+    )
+    before = sandbox.count("token")
+
+    replays = await asyncio.gather(
+        callback(alice_client, back_first), callback(alice_client, back_second)
+    )
+
+    assert [r.status_code for r in replays] == [400, 400]
+    assert sandbox.count("token") == before

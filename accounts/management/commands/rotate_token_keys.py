@@ -26,13 +26,27 @@ class Command(BaseCommand):
             .order_by("pk")
             .values_list("pk", flat=True)
         )
+        unreadable = 0
         for pk in pks:
             # Row by row under a lock: re-saving a copy read before a concurrent
             # refresh stored a new refresh token would throw that new token away.
             with transaction.atomic():
                 token = TwitchToken.objects.select_for_update().filter(pk=pk).first()
-                if token is not None:
-                    token.save(update_fields=["access_token", "refresh_token"])
+                if token is None:
+                    continue
+                if token.is_undecryptable:
+                    unreadable += 1  # saving would keep its ciphertext as it is
+                    continue
+                token.save(update_fields=["access_token", "refresh_token"])
         self.stdout.write(
-            self.style.SUCCESS(f"re-encrypted {len(pks)} token(s) with the first key")
+            self.style.SUCCESS(
+                f"re-encrypted {len(pks) - unreadable} token(s) with the first key"
+            )
         )
+        if unreadable:
+            self.stderr.write(
+                self.style.WARNING(
+                    f"{unreadable} token(s) could not be decrypted with any key and "
+                    "were left as they are: restore the key they were written with."
+                )
+            )
