@@ -114,31 +114,11 @@ class ExpiryFilter(admin.SimpleListFilter):
         return queryset
 
 
-class LatestEventsFormSet(BaseInlineFormSet):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Sliced once here, not in get_queryset(), which the formset calls per form.
-        self.queryset = self.queryset[:EVENTS_SHOWN]
+class ReadOnlyInline(admin.options.InlineModelAdmin):
+    """An inline that shows rows and never adds, changes or deletes them."""
 
-
-class TokenEventInline(admin.TabularInline):
-    model = TokenEvent
-    formset = LatestEventsFormSet
-    verbose_name_plural = f"Audit trail (latest {EVENTS_SHOWN})"
-    fields = ["created_at", "action", "outcome", "source", "actor", "detail"]
-    readonly_fields = fields
-    ordering = ["-created_at", "-pk"]
     extra = 0
     can_delete = False
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
-        return super().get_queryset(request).select_related("actor")
-
-    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # The trail is part of the token's page: whoever may see the token sees it.
-        return self.admin_site.get_model_admin(TwitchToken).has_view_permission(
-            request, obj
-        )
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -148,6 +128,31 @@ class TokenEventInline(admin.TabularInline):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class LatestEventsFormSet(BaseInlineFormSet):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Sliced once here, not in get_queryset(), which the formset calls per form.
+        self.queryset = self.queryset[:EVENTS_SHOWN]
+
+
+class TokenEventInline(ReadOnlyInline, admin.TabularInline):
+    model = TokenEvent
+    formset = LatestEventsFormSet
+    verbose_name_plural = f"Audit trail (latest {EVENTS_SHOWN})"
+    fields = ["created_at", "action", "outcome", "source", "actor", "detail"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-pk"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
+        return super().get_queryset(request).select_related("actor")
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The trail is part of the token's page: whoever may see the token sees it.
+        return self.admin_site.get_model_admin(TwitchToken).has_view_permission(
+            request, obj
+        )
 
 
 @admin.register(TwitchToken)
@@ -392,7 +397,7 @@ class TokenEventAdmin(admin.ModelAdmin):
     # and the admin refuses any cascade into a model whose admin denies deletion.
 
 
-class TwitchConnectionInline(admin.StackedInline):
+class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
     model = TwitchToken
     verbose_name = "Twitch connection"
     fields = [
@@ -406,21 +411,10 @@ class TwitchConnectionInline(admin.StackedInline):
         "last_error",
     ]
     readonly_fields = fields
-    extra = 0
-    can_delete = False
     show_change_link = True
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
         return super().get_queryset(request).defer(*SECRETS)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 admin.site.unregister(User)
