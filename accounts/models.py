@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -12,16 +10,6 @@ from accounts.fields import EncryptedTextField, UndecryptableSecret
 class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
     def active(self) -> TwitchTokenQuerySet:
         return self.filter(status=TwitchToken.Status.ACTIVE)
-
-    def expiring(self, *, within: timedelta) -> TwitchTokenQuerySet:
-        """Active tokens whose access token expires within `within` (or already has)."""
-        return self.active().filter(expires_at__lte=timezone.now() + within)
-
-    def unvalidated_since(self, moment: datetime) -> TwitchTokenQuerySet:
-        return self.active().filter(
-            models.Q(last_validated_at__isnull=True)
-            | models.Q(last_validated_at__lt=moment)
-        )
 
 
 class TwitchToken(models.Model):
@@ -85,10 +73,6 @@ class TwitchToken(models.Model):
     @property
     def is_usable(self) -> bool:
         return self.status == self.Status.ACTIVE and bool(self.refresh_token)
-
-    @property
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     def wipe_secrets(self) -> None:
         self.access_token = ""
