@@ -62,9 +62,9 @@ async def begin_connect(
 async def take_state(*, session: SessionBase, state: str) -> str:
     """Consume a pending state and return the `next` URL that was stored with it.
 
-    The state is removed and the session saved *before* anything else happens, so
-    a replayed callback finds nothing, even while the first is still talking to
-    Twitch.
+    The state is removed and the session saved *before* anything else happens, and
+    its use is recorded in `SpentOAuthState`, so a replayed callback is refused
+    even when it read the session at the same moment as the first.
     """
     pending: dict[str, dict[str, Any]] = dict(await session.aget(STATE_SESSION_KEY, {}))
     # Compare against every pending state in constant time, not by dict lookup.
@@ -112,6 +112,7 @@ class AlreadyLinked(Exception):
         self.login = login
 
 
+@sensitive_variables()
 async def connect(*, user: AbstractBaseUser, code: str) -> TwitchToken:
     """Exchange the code, learn whose token it is and store it for `user`.
 
@@ -174,6 +175,7 @@ def _store_connection(
     return token
 
 
+@sensitive_variables()
 async def _revoke_quietly(access_token: str) -> bool:
     try:
         await twitch.revoke(access_token)
@@ -207,6 +209,9 @@ async def revoke_token(
     The site must stop holding the credential even when Twitch cannot be reached.
     The row stays, marked revoked, for the record.
     """
+    # The caller's copy may be older than a refresh that happened since: revoke
+    # the access token the row holds now.
+    token = await TwitchToken.objects.filter(pk=token.pk).afirst() or token
     if token.status == TwitchToken.Status.REVOKED and not token.refresh_token:
         return RevokeOutcome.ALREADY_REVOKED
     told_twitch = not token.is_undecryptable
