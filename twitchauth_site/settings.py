@@ -105,6 +105,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# HSTS is opt-in: once browsers have seen it, plain HTTP is gone for that long.
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
 # Load balancers probe the health check over plain HTTP.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
