@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import html
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 from django.contrib.auth.models import User
-from django.db import connections
+from django.db import connection, connections
 from django.test import AsyncClient
 from django.utils import timezone
 
@@ -20,6 +27,7 @@ from accounts import twitch
 from accounts.models import TwitchToken
 from twitch_sandbox import Sandbox
 
+BASE_DIR = Path(__file__).resolve().parent.parent
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
 REDIRECT_URI = "http://testserver/twitch/callback/"
@@ -161,3 +169,68 @@ def make_token(user: User, sandbox: Sandbox, *, expires_in: int = 14400, **field
 def page(response) -> str:
     """The text a person reads on a rendered page (entities decoded)."""
     return html.unescape(response.content.decode())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def database_url() -> str:
+    """The test database, for processes the tests start (they see committed rows)."""
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+@pytest.fixture
+def site(sandbox: Sandbox) -> Iterator[str]:
+    """The site served by uvicorn with two workers, on the test database."""
+    port = free_port()
+    base = f"http://localhost:{port}"
+    sandbox.redirect_uris[:] = [f"{base}/twitch/callback/"]
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=database_url(),
+        ALLOWED_HOSTS="localhost",
+        TWITCH_REDIRECT_URI=f"{base}/twitch/callback/",
+        TWITCH_AUTH_BASE_URL=sandbox.auth_base_url,
+        TWITCH_API_BASE_URL=sandbox.api_base_url,
+        TOKEN_ENCRYPTION_KEYS=",".join(django_settings.TOKEN_ENCRYPTION_KEYS),
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "twitchauth_site.asgi:application",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+    )
+    try:
+        _wait_until_listening(port, server)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _wait_until_listening(port: int, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "uvicorn exited"
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError("uvicorn did not start")

@@ -8,91 +8,18 @@ real concurrent writers from two processes.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from django.conf import settings
-from django.db import connection
 
 from accounts.models import TwitchToken
 from tests.conftest import approve_on_twitch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{db['NAME']}"
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
-@pytest.fixture
-def site(sandbox) -> Iterator[str]:
-    port = _free_port()
-    base = f"http://localhost:{port}"
-    sandbox.redirect_uris[:] = [f"{base}/twitch/callback/"]
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=_database_url(),
-        ALLOWED_HOSTS="localhost",
-        TWITCH_REDIRECT_URI=f"{base}/twitch/callback/",
-        TWITCH_AUTH_BASE_URL=sandbox.auth_base_url,
-        TWITCH_API_BASE_URL=sandbox.api_base_url,
-        TOKEN_ENCRYPTION_KEYS=",".join(settings.TOKEN_ENCRYPTION_KEYS),
-    )
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "twitchauth_site.asgi:application",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        cwd=BASE_DIR,
-        env=env,
-    )
-    try:
-        _wait_until_listening(port, server)
-        yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _wait_until_listening(port: int, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "uvicorn exited"
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError("uvicorn did not start")
 
 
 async def sign_in_and_connect(base: str, username: str, login: str) -> str:
