@@ -295,3 +295,114 @@ def test_four_runs_at_once_refresh_each_token_exactly_once(django_user_model, sa
         assert token.claimed_until is None
     refreshed = sum(int(out.split("refreshed ")[1].split(",")[0]) for out in outputs)
     assert refreshed == 40
+
+
+def test_a_rejection_after_an_unanswered_attempt_is_not_taken_for_a_dead_connection(
+    alice, sandbox
+):
+    # The first attempt may have rotated the token at Twitch before its answer
+    # was lost; only a later run that gets a clear "invalid" gives up on it.
+    token = expiring(make_token(alice, sandbox))
+    sandbox.disconnect_user("alice")
+    sandbox.fail("token", status=502, times=1)
+
+    with pytest.raises(CommandError):
+        refresh_tokens("--no-validate")
+    token.refresh_from_db()
+    assert token.status == TwitchToken.Status.ACTIVE
+
+    refresh_tokens("--no-validate")
+    token.refresh_from_db()
+    assert token.status == TwitchToken.Status.NEEDS_RECONNECT
+
+
+def test_a_token_refreshed_by_site_code_meanwhile_is_not_marked_needs_reconnect(
+    alice, sandbox
+):
+    from accounts import services
+
+    token = expiring(make_token(alice, sandbox))
+    (claimed,) = services._claim([token.pk], plan=services.Plan())
+    # Site code (twitch_for) stores a fresh pair while the run holds the old one...
+    fresh = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
+    TwitchToken.objects.filter(pk=token.pk).update(refresh_token=fresh["refresh_token"])
+    # ...so Twitch's "invalid refresh token" for the old one means nothing.
+    result = services._Result(
+        token=claimed,
+        lease=claimed.claimed_until,
+        outcome=services.Outcome.NEEDS_RECONNECT,
+        error="Invalid refresh token",
+    )
+
+    services._store_results([result], source=TokenEvent.Source.COMMAND, actor=None)
+
+    token.refresh_from_db()
+    assert token.status == TwitchToken.Status.ACTIVE
+    assert token.refresh_token == fresh["refresh_token"]
+    assert result.outcome is services.Outcome.SKIPPED
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_token_revoked_during_its_refresh_stays_revoked_and_twitch_is_told(
+    alice, sandbox
+):
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    from accounts import services
+
+    token = await sync_to_async(lambda: expiring(make_token(alice, sandbox)))()
+    sandbox.set_latency(0.3, endpoint="token")
+
+    async def revoke_midway() -> None:
+        await asyncio.sleep(0.1)
+        await services.revoke_token(
+            token=await TwitchToken.objects.aget(pk=token.pk),
+            source=TokenEvent.Source.USER,
+        )
+
+    report, _ = await asyncio.gather(
+        services.maintain_tokens(
+            pks=[token.pk],
+            plan=services.Plan(validate=False),
+            source=TokenEvent.Source.COMMAND,
+        ),
+        revoke_midway(),
+    )
+
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.status == TwitchToken.Status.REVOKED
+    assert stored.refresh_token == "" and stored.access_token == ""
+    assert report.counts[services.Outcome.SKIPPED] == 1
+    # The pair Twitch issued for the refresh was revoked rather than left alive.
+    revoked = [r.form["token"] for r in sandbox.requests if r.endpoint == "revoke"]
+    assert len(revoked) == 2
+    assert not any(sandbox.is_access_token_valid(t) for t in revoked)
+
+
+def test_an_undecryptable_token_fails_without_stopping_the_others(
+    alice, bob, sandbox, settings
+):
+    from cryptography.fernet import Fernet
+
+    lost = expiring(make_token(alice, sandbox))
+    fine = expiring(make_token(bob, sandbox))
+    new_key = Fernet.generate_key().decode()
+    old_key = settings.TOKEN_ENCRYPTION_KEYS[0]
+    settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]
+    fine.save()  # re-encrypted with the new key
+    settings.TOKEN_ENCRYPTION_KEYS = [new_key]  # the old key removed too soon
+
+    with pytest.raises(CommandError) as failed:
+        refresh_tokens("--no-validate")
+
+    assert failed.value.returncode == 1
+    assert sandbox.count("token") == 1
+    lost = TwitchToken.objects.get(pk=lost.pk)
+    assert lost.status == TwitchToken.Status.ACTIVE
+    assert "TOKEN_ENCRYPTION_KEYS" in lost.last_error
+    assert lost.claimed_until is None
+    settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]  # the key comes back...
+    restored = TwitchToken.objects.get(pk=lost.pk)  # ...and so does the token
+    assert sandbox.is_refresh_token_valid(restored.refresh_token)
