@@ -43,16 +43,21 @@ async def browser():
         await chromium.close()
 
 
+async def sign_in(browser, site: str, username: str):
+    page = await browser.new_page()
+    await page.goto(f"{site}/")  # the login page, since nobody is signed in
+    await page.fill("input[name=username]", username)
+    await page.fill("input[name=password]", "pw")
+    await page.click("button[type=submit]")
+    return page
+
+
 async def test_a_person_connects_and_disconnects_twitch_in_a_browser(
     site, browser, django_user_model
 ):
     await django_user_model.objects.acreate_user("dana", password="pw")
-    page = await browser.new_page()
+    page = await sign_in(browser, site, "dana")
 
-    await page.goto(f"{site}/")
-    await page.fill("input[name=username]", "dana")
-    await page.fill("input[name=password]", "pw")
-    await page.click("button[type=submit]")
     await page.click("text=Connect Twitch")
     await page.fill("input[name=login]", "danastreams")
     await page.click("button[value=authorize]")
@@ -71,12 +76,8 @@ async def test_cancelling_on_twitch_lands_on_a_friendly_page(
     site, browser, django_user_model
 ):
     await django_user_model.objects.acreate_user("erin", password="pw")
-    page = await browser.new_page()
+    page = await sign_in(browser, site, "erin")
 
-    await page.goto(f"{site}/accounts/login/")
-    await page.fill("input[name=username]", "erin")
-    await page.fill("input[name=password]", "pw")
-    await page.click("button[type=submit]")
     await page.click("text=Connect Twitch")
     await page.click("button[value=cancel]")
 
