@@ -1,7 +1,7 @@
 """Staff's view of the Twitch connections, and the three things staff may do to them.
 
 No page ever shows, or even decrypts, an access or refresh token: the querysets
-defer both, and only the revoke action loads them, to hand them to Twitch. Nothing
+defer both (revoking reads them inside `services`, to hand them to Twitch). Nothing
 is edited by hand either; revoke, refresh and validate go through `services`, which
 record each one as a `TokenEvent`.
 """
@@ -270,8 +270,8 @@ class TwitchTokenAdmin(admin.ModelAdmin):
             return self._confirm_revocation(request, queryset)
         counts = twitch.run_sync(
             services.revoke_tokens,
-            # The one place secrets are loaded: Twitch needs them to revoke.
-            tokens=list(queryset.defer(None)),
+            # Secrets stay deferred: revoke_token reads each row afresh itself.
+            tokens=list(queryset),
             source=TokenEvent.Source.STAFF,
             actor=request.user,
         )
