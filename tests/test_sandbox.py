@@ -28,7 +28,7 @@ from twitchAPI.twitch import Twitch
 from twitchAPI.type import AuthScope
 
 import twitch_sandbox.state
-from twitch_sandbox import Sandbox
+from twitch_sandbox import LiveTokens, Sandbox
 
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
@@ -395,15 +395,44 @@ def test_refresh_rotates_the_refresh_token(sandbox: Sandbox) -> None:
     assert second["refresh_token"] != first["refresh_token"]
     assert second["access_token"] != first["access_token"]
     assert second["scope"] == ["chat:read"]
-    assert refresh(sandbox, first["refresh_token"]).status == 400
+    assert not sandbox.is_refresh_token_valid(first["refresh_token"])
     assert refresh(sandbox, second["refresh_token"]).status == 200
     # Refreshing does not kill the access token it replaces.
     assert sandbox.is_access_token_valid(first["access_token"])
     assert sandbox.refresh_count(first["refresh_token"]) == 2
-    assert sandbox.count("token", grant_type="refresh_token") == 3
+    assert sandbox.count("token", grant_type="refresh_token") == 2
 
 
-def test_invalid_refresh_token_gets_twitchs_exact_body(sandbox: Sandbox) -> None:
+def test_reusing_a_rotated_refresh_token_ends_the_whole_authorization(
+    sandbox: Sandbox,
+) -> None:
+    first = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
+    other_grant = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
+    bob = sandbox.issue_tokens(login="bob", scopes=["chat:read"])
+    second = refresh(sandbox, first["refresh_token"]).json()
+
+    reply = refresh(sandbox, first["refresh_token"])
+
+    assert reply.status == 400
+    assert reply.json() == {
+        "error": "Bad Request",
+        "status": 400,
+        "message": "Invalid refresh token",
+    }
+    assert refresh(sandbox, second["refresh_token"]).status == 400
+    assert not sandbox.is_refresh_token_valid(other_grant["refresh_token"])
+    for pair in (first, second, other_grant):
+        assert validate(sandbox, pair["access_token"]).status == 401
+    assert sandbox.live_tokens("alice") == LiveTokens(access=[], refresh=[])
+    assert validate(sandbox, bob["access_token"]).status == 200
+    assert sandbox.is_refresh_token_valid(bob["refresh_token"])
+
+
+def test_an_unknown_refresh_token_gets_twitchs_exact_body_and_changes_nothing(
+    sandbox: Sandbox,
+) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+
     reply = refresh(sandbox, "not-a-refresh-token")
 
     assert reply.status == 400
@@ -412,6 +441,26 @@ def test_invalid_refresh_token_gets_twitchs_exact_body(sandbox: Sandbox) -> None
         "status": 400,
         "message": "Invalid refresh token",
     }
+    assert sandbox.live_tokens("alice") == LiveTokens(
+        access=[pair["access_token"]], refresh=[pair["refresh_token"]]
+    )
+
+
+def test_token_answers_leave_scope_out_when_there_are_none(
+    sandbox: Sandbox,
+) -> None:
+    issued = sandbox.issue_tokens(login="alice", scopes=[])
+    exchanged = exchange(sandbox, sandbox.authorize(login="bob")).json()
+    refreshed = refresh(sandbox, exchanged["refresh_token"]).json()
+
+    assert set(issued) == {"access_token", "expires_in", "refresh_token"}
+    for body in (exchanged, refreshed):
+        assert set(body) == {
+            "access_token",
+            "expires_in",
+            "refresh_token",
+            "token_type",
+        }
 
 
 def test_a_refresh_token_has_at_most_50_valid_access_tokens(
@@ -464,6 +513,18 @@ def test_validate_returns_the_tokens_owner_and_scopes(
     }
 
 
+def test_validate_answers_null_scopes_for_a_token_without_scopes(
+    sandbox: Sandbox,
+) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+
+    reply = validate(sandbox, pair["access_token"])
+
+    assert reply.status == 200
+    assert reply.json()["scopes"] is None
+    assert '"scopes": null' in reply.text
+
+
 def test_validate_rejects_missing_unknown_and_expired_tokens(
     sandbox: Sandbox,
 ) -> None:
@@ -502,6 +563,9 @@ def test_revoking_an_access_token_leaves_its_refresh_token_alone(
     http(sandbox, "POST", "oauth2/revoke", form=form)
 
     assert sandbox.is_refresh_token_valid(pair["refresh_token"])
+    assert sandbox.live_tokens("alice") == LiveTokens(
+        access=[], refresh=[pair["refresh_token"]]
+    )
 
 
 def test_revoke_with_an_unknown_client_is_not_found(sandbox: Sandbox) -> None:
@@ -600,6 +664,95 @@ def test_fail_answers_json_until_cleared(sandbox: Sandbox) -> None:
     assert validate(sandbox, "x").status == 401
 
 
+def test_fail_sends_any_other_body_as_json(sandbox: Sandbox) -> None:
+    odd = {
+        "status": "oops",
+        "access_token": "a" * 300,
+        "refresh_token": "nul\u0000inside",
+        "expires_in": 1e15,
+        "scope": None,
+    }
+    sandbox.fail("token", status=200, body=[1, 2], times=1)
+    sandbox.fail("validate", status=200, body=odd, times=1)
+    sandbox.fail("validate", status=200, body=False, times=1)
+
+    listed = refresh(sandbox, "x")
+    replies = [validate(sandbox, "x") for _ in range(2)]
+
+    assert (listed.status, listed.json()) == (200, [1, 2])
+    assert listed.headers["Content-Type"] == "application/json"
+    assert [r.json() for r in replies] == [odd, False]
+
+
+def test_alter_changes_the_real_answer_after_it_happened(sandbox: Sandbox) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
+    sandbox.alter("token", remove=["expires_in"], set={"extra": 1}, times=1)
+
+    reply = refresh(sandbox, pair["refresh_token"])
+
+    assert reply.status == 200
+    body = reply.json()
+    assert "expires_in" not in body
+    assert body["extra"] == 1
+    assert body["scope"] == ["chat:read"]
+    # The refresh really happened: the old token is spent, the new one works.
+    assert not sandbox.is_refresh_token_valid(pair["refresh_token"])
+    assert sandbox.is_refresh_token_valid(body["refresh_token"])
+    assert sandbox.live_tokens("alice").refresh == [body["refresh_token"]]
+    assert "expires_in" in refresh(sandbox, body["refresh_token"]).json()
+
+
+def test_alter_can_make_validate_say_a_token_never_expires(
+    sandbox: Sandbox,
+) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+    sandbox.alter("validate", set={"expires_in": 0})
+
+    replies = [validate(sandbox, t) for t in (pair["access_token"], "unknown")]
+
+    assert replies[0].status == 200
+    assert replies[0].json()["expires_in"] == 0
+    assert replies[0].json()["login"] == "alice"
+    # The status stays: a rejected token is still rejected, with the change.
+    assert replies[1].status == 401
+    assert replies[1].json()["expires_in"] == 0
+    sandbox.clear_faults()
+    assert validate(sandbox, pair["access_token"]).json()["expires_in"] > 0
+
+
+def test_alter_leaves_answers_that_are_not_json_objects_alone(
+    sandbox: Sandbox,
+) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+    sandbox.alter("revoke", set={"extra": 1}, times=1)
+
+    form = {"client_id": CLIENT_ID, "token": pair["access_token"]}
+    reply = http(sandbox, "POST", "oauth2/revoke", form=form)
+
+    assert (reply.status, reply.body) == (200, b"")
+
+
+def test_alter_takes_its_turn_in_the_queue_of_faults(sandbox: Sandbox) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+    sandbox.fail("token", status=500, times=1)
+    sandbox.alter("token", set={"expires_in": 1e15}, times=1)
+
+    failed = refresh(sandbox, pair["refresh_token"])
+    altered = refresh(sandbox, pair["refresh_token"]).json()
+    plain = refresh(sandbox, altered["refresh_token"]).json()
+
+    assert failed.status == 500
+    assert altered["expires_in"] == 1e15
+    assert plain["expires_in"] == 14400
+
+
+def test_alter_refuses_a_single_string_as_the_keys_to_remove(
+    sandbox: Sandbox,
+) -> None:
+    with pytest.raises(TypeError):
+        sandbox.alter("token", remove="expires_in")
+
+
 def test_hang_makes_a_client_time_out(sandbox: Sandbox) -> None:
     sandbox.hang("validate", times=1)
 
@@ -658,6 +811,38 @@ def test_a_disconnected_user_loses_every_token(sandbox: Sandbox) -> None:
         assert validate(sandbox, pair["access_token"]).status == 401
         assert refresh(sandbox, pair["refresh_token"]).status == 400
     assert validate(sandbox, other["access_token"]).status == 200
+
+
+def test_live_tokens_follow_exchange_revoke_and_disconnect(
+    sandbox: Sandbox,
+) -> None:
+    pair = exchange(sandbox, sandbox.authorize(login="alice")).json()
+    after_exchange = sandbox.live_tokens("alice")
+    form = {"client_id": CLIENT_ID, "token": pair["access_token"]}
+    http(sandbox, "POST", "oauth2/revoke", form=form)
+    after_revoke = sandbox.live_tokens("alice")
+    sandbox.disconnect_user("alice")
+
+    assert after_exchange == LiveTokens(
+        access=[pair["access_token"]], refresh=[pair["refresh_token"]]
+    )
+    assert after_revoke == LiveTokens(access=[], refresh=[pair["refresh_token"]])
+    assert sandbox.live_tokens("alice") == LiveTokens(access=[], refresh=[])
+    with pytest.raises(KeyError):
+        sandbox.live_tokens("nobody")
+
+
+def test_live_tokens_are_in_the_order_of_issue(sandbox: Sandbox) -> None:
+    first = sandbox.issue_tokens(login="alice", scopes=[])
+    second = sandbox.issue_tokens(login="alice", scopes=[])
+    sandbox.expire_access_tokens("alice")
+    # The first grant's refresh token is now newer than the second's.
+    refreshed = refresh(sandbox, first["refresh_token"]).json()
+
+    assert sandbox.live_tokens("alice") == LiveTokens(
+        access=[refreshed["access_token"]],
+        refresh=[second["refresh_token"], refreshed["refresh_token"]],
+    )
 
 
 def test_latency_delays_the_answer(sandbox: Sandbox) -> None:
@@ -787,6 +972,49 @@ def test_control_endpoints_drive_expiry_disconnects_and_faults(
     assert sandbox.requests == []
 
 
+def test_control_fail_sends_any_json_body(sandbox: Sandbox) -> None:
+    bodies = [[1, 2], {"expires_in": 1e15, "nul": "\u0000", "long": "x" * 300}, 7]
+    for body in bodies:
+        fault = {"endpoint": "token", "status": 200, "body": body, "times": 1}
+        http(sandbox, "POST", "_sandbox/fail", json_body=fault)
+
+    replies = [refresh(sandbox, "x") for _ in bodies]
+
+    assert [r.json() for r in replies] == bodies
+
+
+def test_control_alter_changes_real_answers(sandbox: Sandbox) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+    fault = {"endpoint": "token", "remove": ["expires_in"], "times": 1}
+    http(sandbox, "POST", "_sandbox/alter", json_body=fault)
+    http(
+        sandbox,
+        "POST",
+        "_sandbox/alter",
+        json_body={"endpoint": "validate", "set": {"expires_in": 0}},
+    )
+
+    refreshed = refresh(sandbox, pair["refresh_token"]).json()
+    validation = validate(sandbox, refreshed["access_token"]).json()
+
+    assert "expires_in" not in refreshed
+    assert sandbox.is_refresh_token_valid(refreshed["refresh_token"])
+    assert validation["expires_in"] == 0
+
+
+def test_control_live_tokens_lists_a_users_live_tokens(sandbox: Sandbox) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=[])
+
+    reply = http(sandbox, "GET", "_sandbox/users/alice/tokens")
+    unknown = http(sandbox, "GET", "_sandbox/users/nobody/tokens")
+
+    assert reply.json() == {
+        "access": [pair["access_token"]],
+        "refresh": [pair["refresh_token"]],
+    }
+    assert unknown.status == 400
+
+
 def test_control_stats_counts_requests_and_refreshes(sandbox: Sandbox) -> None:
     pair = sandbox.issue_tokens(login="alice", scopes=[])
     refresh(sandbox, pair["refresh_token"])
@@ -812,10 +1040,18 @@ def test_control_stats_counts_requests_and_refreshes(sandbox: Sandbox) -> None:
 def test_control_calls_with_bad_arguments_answer_400(sandbox: Sandbox) -> None:
     bad_endpoint = http(sandbox, "POST", "_sandbox/fail", json_body={"endpoint": "x"})
     unknown_user = http(sandbox, "POST", "_sandbox/users/nobody/disconnect")
+    bad_alter = http(
+        sandbox,
+        "POST",
+        "_sandbox/alter",
+        json_body={"endpoint": "token", "remove": "expires_in"},
+    )
 
     assert bad_endpoint.status == 400
     assert "unknown endpoint" in bad_endpoint.json()["message"]
     assert unknown_user.status == 400
+    assert bad_alter.status == 400
+    assert "remove" in bad_alter.json()["message"]
 
 
 # Real clients ---------------------------------------------------------------

@@ -1,8 +1,9 @@
 """A local stand-in for Twitch's OAuth server and Helix ``GET /users``.
 
 Built from shared/twitch-oauth.md: same paths, parameters, JSON fields, status
-codes and error bodies as Twitch, plus handles for tests (users, expiry,
-disconnects, faults, latency, a record of every request)::
+codes and error bodies as Twitch, strict where Twitch is strict, plus handles
+for tests (users, expiry, disconnects, faults, altered answers, latency, live
+tokens, a record of every request)::
 
     sandbox = Sandbox(redirect_uris=["http://testserver/twitch/callback/"])
     sandbox.start()
@@ -15,10 +16,11 @@ from __future__ import annotations
 from .faults import ENDPOINTS
 from .recording import RECORDED_ENDPOINTS, RecordedRequest
 from .sandbox import Sandbox
-from .state import SandboxUser
+from .state import LiveTokens, SandboxUser
 
 __all__ = [
     "ENDPOINTS",
+    "LiveTokens",
     "RECORDED_ENDPOINTS",
     "RecordedRequest",
     "Sandbox",

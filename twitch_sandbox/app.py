@@ -43,11 +43,15 @@ def build_app(state: OAuthState, faults: Faults, log: RequestLog) -> web.Applica
     wrap = control.answer_bad_requests
     router.add_post("/_sandbox/reset", wrap(control.reset))
     router.add_post("/_sandbox/users/{login}/disconnect", wrap(control.disconnect))
+    router.add_get(
+        "/_sandbox/users/{login}/tokens", wrap(control.live_tokens), allow_head=False
+    )
     router.add_post("/_sandbox/expire", wrap(control.expire))
     router.add_post("/_sandbox/latency", wrap(control.latency))
     router.add_post("/_sandbox/fail", wrap(control.fail))
     router.add_post("/_sandbox/hang", wrap(control.hang))
     router.add_post("/_sandbox/rate-limit", wrap(control.rate_limit))
+    router.add_post("/_sandbox/alter", wrap(control.alter))
     router.add_post("/_sandbox/clear-faults", wrap(control.clear_faults))
     router.add_post("/_sandbox/tokens", wrap(control.tokens))
     router.add_get("/_sandbox/stats", wrap(control.stats), allow_head=False)
@@ -97,7 +101,14 @@ async def sandbox_middleware(
             record()
             recorded = True
             await _sleep(app, HANG_SECONDS)
-        response = fault.response() if fault is not None else await handler(request)
+        if fault is None or fault.kind == "alter":
+            # An alteration lets the real handler run first, so a refresh
+            # still rotates and a code is still spent.
+            response = await handler(request)
+            if fault is not None:
+                response = fault.alter(response)
+        else:
+            response = fault.response()
         status = response.status
         return response
     except web.HTTPException as exc:

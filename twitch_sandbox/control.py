@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
 
-from .faults import Fault
+from .faults import Fault, alteration
 from .keys import FAULTS, LOG, STATE
 from .responses import json_response
 
@@ -32,6 +33,11 @@ async def reset(request: web.Request) -> web.Response:
 async def disconnect(request: web.Request) -> web.Response:
     request.app[STATE].disconnect_user(request.match_info["login"])
     return json_response(OK)
+
+
+async def live_tokens(request: web.Request) -> web.Response:
+    tokens = request.app[STATE].live_tokens(request.match_info["login"])
+    return json_response(asdict(tokens))
 
 
 async def expire(request: web.Request) -> web.Response:
@@ -73,6 +79,13 @@ async def rate_limit(request: web.Request) -> web.Response:
         remaining=int(options["times"]),
         reset_in=float(options.get("reset_in", 1.0)),
     )
+    request.app[FAULTS].add(options["endpoint"], fault)
+    return json_response(OK)
+
+
+async def alter(request: web.Request) -> web.Response:
+    options = await _options(request)
+    fault = alteration(options.get("set"), options.get("remove") or (), _times(options))
     request.app[FAULTS].add(options["endpoint"], fault)
     return json_response(OK)
 

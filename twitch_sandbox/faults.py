@@ -1,4 +1,5 @@
-"""Ways to make the sandbox misbehave: failures, hangs, rate limits, latency.
+"""Ways to make the sandbox misbehave: failures, hangs, rate limits, altered
+answers, latency.
 
 Faults queue up per endpoint and are used in order, so a test can say "one 429,
 then one 500" with two calls.
@@ -6,11 +7,13 @@ then one 500" with two calls.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
@@ -27,11 +30,15 @@ RATE_LIMIT = 800
 
 @dataclass(slots=True)
 class Fault:
-    kind: Literal["fail", "hang", "rate_limit"]
+    kind: Literal["fail", "hang", "rate_limit", "alter"]
     status: int = 500
-    body: dict[str, object] | str | None = None
+    # "fail": None for the default body, a str as text/html, anything else as JSON.
+    body: object = None
     remaining: int | None = None  # None: until cleared
     reset_in: float = 1.0
+    # "alter": what to set in, and drop from, the real answer's JSON object.
+    changes: dict[str, object] = field(default_factory=dict)
+    removals: tuple[str, ...] = ()
 
     def response(self) -> web.Response:
         if self.kind == "rate_limit":
@@ -52,6 +59,47 @@ class Fault:
         if body is None:
             body = {"status": self.status, "message": "sandbox fault"}
         return json_response(body, status=self.status)
+
+    def alter(self, response: web.StreamResponse) -> web.StreamResponse:
+        """The real answer with the changes applied, if its body is a JSON
+        object; any other answer unchanged."""
+        if (
+            not isinstance(response, web.Response)
+            or response.content_type != "application/json"
+            or not isinstance(response.body, bytes)
+        ):
+            return response
+        body = json.loads(response.body)
+        if not isinstance(body, dict):
+            return response
+        for key in self.removals:
+            body.pop(key, None)
+        body.update(self.changes)
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in ("content-type", "content-length")
+        }
+        return json_response(body, status=response.status, headers=headers)
+
+
+def alteration(
+    changes: Mapping[str, object] | None,
+    removals: Iterable[str],
+    remaining: int | None,
+) -> Fault:
+    """An "alter" fault, its arguments checked (they may come as JSON)."""
+    if changes is not None and not isinstance(changes, Mapping):
+        raise TypeError("set must be a JSON object of keys to set")
+    # One string would otherwise be taken as a list of one-letter keys.
+    if isinstance(removals, str):
+        raise TypeError("remove must be a list of keys, not one string")
+    keys = tuple(removals)
+    if not all(isinstance(key, str) for key in keys):
+        raise TypeError("remove must be a list of keys")
+    return Fault(
+        "alter", changes=dict(changes or {}), removals=keys, remaining=remaining
+    )
 
 
 class Faults:

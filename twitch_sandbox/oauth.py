@@ -160,7 +160,8 @@ def _validation(info: TokenInfo) -> dict[str, object]:
     # App access tokens have no user: Twitch leaves login and user_id out.
     if info.user is not None:
         body["login"] = info.user.login
-    body["scopes"] = list(info.scopes)
+    # null, not [], for a token without scopes, as on Twitch.
+    body["scopes"] = list(info.scopes) or None
     if info.user is not None:
         body["user_id"] = info.user.id
     body["expires_in"] = info.expires_in

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 from aiohttp import web
 
 from .app import build_app
-from .faults import Fault, Faults
+from .faults import Fault, Faults, alteration
 from .recording import RecordedRequest, RequestLog
-from .state import OAuthState, SandboxUser
+from .state import LiveTokens, OAuthState, SandboxUser
 
 DEFAULT_CLIENT_ID = "sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "sandbox-client-secret"
@@ -213,7 +213,8 @@ class Sandbox:
         self, *, login: str, scopes: str | Iterable[str] = ()
     ) -> dict[str, object]:
         """A fresh token pair for the user, as if they had just connected:
-        ``{"access_token", "refresh_token", "expires_in", "scope"}``."""
+        ``{"access_token", "refresh_token", "expires_in", "scope"}``, with
+        ``scope`` left out when there are none, as Twitch does."""
         return self._state.issue_tokens(login=login, scopes=scopes)
 
     def expire_access_tokens(self, login: str | None = None) -> None:
@@ -245,6 +246,12 @@ class Sandbox:
     def is_refresh_token_valid(self, token: str) -> bool:
         return self._state.is_refresh_token_valid(token)
 
+    def live_tokens(self, login: str) -> LiveTokens:
+        """The user's access tokens still valid and the current refresh token
+        of each of their grants still alive, in the order of issue; KeyError
+        for an unknown login."""
+        return self._state.live_tokens(login)
+
     # Faults and latency --------------------------------------------------
 
     def set_latency(self, seconds: float, endpoint: str | None = None) -> None:
@@ -256,12 +263,13 @@ class Sandbox:
         self,
         endpoint: str,
         status: int = 500,
-        body: dict[str, object] | str | None = None,
+        body: object = None,
         times: int | None = None,
     ) -> None:
         """Answer ``status`` to the next ``times`` requests (None: until
-        cleared). ``body``: a dict is sent as JSON, a str as raw text/html,
-        None as ``{"status": status, "message": "sandbox fault"}``."""
+        cleared). ``body``: None sends ``{"status": status, "message":
+        "sandbox fault"}``, a str raw text/html, anything else (dict, list,
+        number, bool) JSON."""
         self._faults.add(
             endpoint, Fault("fail", status=status, body=body, remaining=times)
         )
@@ -276,6 +284,20 @@ class Sandbox:
             endpoint,
             Fault("rate_limit", status=429, remaining=times, reset_in=reset_in),
         )
+
+    def alter(
+        self,
+        endpoint: str,
+        *,
+        set: Mapping[str, object] | None = None,
+        remove: Iterable[str] = (),
+        times: int | None = None,
+    ) -> None:
+        """Let the next ``times`` requests (None: until cleared) be answered
+        for real, then drop the keys in ``remove`` from the JSON object
+        answered and merge ``set`` into it; the status stays. For Twitch's
+        optional fields: ``alter("token", remove=["expires_in"])``."""
+        self._faults.add(endpoint, alteration(set, remove, times))
 
     def clear_faults(self) -> None:
         """Drop every pending fault; latency stays until reset or set to 0."""

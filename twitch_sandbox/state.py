@@ -50,6 +50,14 @@ class TokenInfo:
     expires_in: int
 
 
+@dataclass(frozen=True)
+class LiveTokens:
+    """A user's tokens that still work, each list in the order of issue."""
+
+    access: list[str]  # alive and not expired
+    refresh: list[str]  # the current refresh token of every live grant
+
+
 class Rejected(Exception):
     """Twitch refuses the request: the status code and its exact JSON body."""
 
@@ -78,7 +86,9 @@ class _Lineage:
     client_id: str
     user_id: str
     scopes: tuple[str, ...]
-    refresh_token: str
+    refresh_token: str = ""
+    # Where the current refresh token stands in the order of issue.
+    issued: int = 0
     access_tokens: deque[_Access] = field(default_factory=deque)
     refreshes: int = 0
     alive: bool = True
@@ -235,16 +245,24 @@ class OAuthState:
     def refresh(
         self, *, client_id: str, refresh_token: str | None
     ) -> dict[str, object]:
+        invalid = Rejected(400, "Invalid refresh token", error="Bad Request")
         with self._lock:
-            lineage = self._live_lineage(refresh_token)
+            lineage = self._refresh.get(refresh_token) if refresh_token else None
             if lineage is None or lineage.client_id != client_id:
-                raise Rejected(400, "Invalid refresh token", error="Bad Request")
+                raise invalid
+            if lineage.refresh_token != refresh_token:
+                # A token already rotated away came back: Twitch then ends the
+                # user's whole connection to the app (twitchdev/issues#903),
+                # so two refreshers racing with one token log the user out.
+                # Checked before "alive": a stale token of a grant that died
+                # since still ends the grants the user has now.
+                self._end_authorization(lineage.user_id, lineage.client_id)
+                raise invalid
+            if not lineage.alive:
+                raise invalid
             # Strictest reading of "refresh tokens may change": they always
             # do, and the old one stops working at once.
-            new_refresh = _refresh_token()
-            self._refresh[new_refresh] = lineage
-            self._issued.append(new_refresh)
-            lineage.refresh_token = new_refresh
+            self._rotate(lineage)
             lineage.refreshes += 1
             self._refreshes += 1
             return self._token_response(self._mint_access(lineage))
@@ -280,16 +298,17 @@ class OAuthState:
         return body
 
     def _new_lineage(self, user_id: str, scopes: tuple[str, ...]) -> _Lineage:
-        lineage = _Lineage(
-            client_id=self.client_id,
-            user_id=user_id,
-            scopes=scopes,
-            refresh_token=_refresh_token(),
-        )
-        self._refresh[lineage.refresh_token] = lineage
+        lineage = _Lineage(client_id=self.client_id, user_id=user_id, scopes=scopes)
+        self._rotate(lineage)
         self._lineages_by_user.setdefault(user_id, []).append(lineage)
-        self._issued.append(lineage.refresh_token)
         return lineage
+
+    def _rotate(self, lineage: _Lineage) -> None:
+        """Give the lineage a new current refresh token."""
+        lineage.refresh_token = _refresh_token()
+        lineage.issued = len(self._issued)
+        self._refresh[lineage.refresh_token] = lineage
+        self._issued.append(lineage.refresh_token)
 
     def _mint_access(self, lineage: _Lineage) -> _Access:
         now = time.time()
@@ -319,13 +338,16 @@ class OAuthState:
 
     def _token_response(self, access: _Access) -> dict[str, object]:
         assert access.lineage is not None
-        return {
+        body: dict[str, object] = {
             "access_token": access.token,
             "expires_in": self.access_token_lifetime,
             "refresh_token": access.lineage.refresh_token,
-            "scope": list(access.scopes),
-            "token_type": "bearer",
         }
+        # Twitch leaves "scope" out, rather than sending [], for no scopes.
+        if access.scopes:
+            body["scope"] = list(access.scopes)
+        body["token_type"] = "bearer"
+        return body
 
     def _live_lineage(self, refresh_token: str | None) -> _Lineage | None:
         lineage = self._refresh.get(refresh_token) if refresh_token else None
@@ -380,10 +402,14 @@ class OAuthState:
     def disconnect_user(self, login: str) -> None:
         """The user disconnected the app on Twitch: all their tokens die."""
         with self._lock:
-            user_id = self._user_id(login)
-            for access in self._access_by_user.get(user_id, []):
+            self._end_authorization(self._user_id(login), self.client_id)
+
+    def _end_authorization(self, user_id: str, client_id: str) -> None:
+        for access in self._access_by_user.get(user_id, []):
+            if access.client_id == client_id:
                 access.alive = False
-            for lineage in self._lineages_by_user.get(user_id, []):
+        for lineage in self._lineages_by_user.get(user_id, []):
+            if lineage.client_id == client_id:
                 lineage.alive = False
 
     def _user_id(self, login: str) -> str:
@@ -423,6 +449,19 @@ class OAuthState:
     def is_refresh_token_valid(self, token: str) -> bool:
         with self._lock:
             return self._live_lineage(token) is not None
+
+    def live_tokens(self, login: str) -> LiveTokens:
+        with self._lock:
+            user_id = self._user_id(login)
+            now = time.time()
+            access = self._access_by_user.get(user_id, [])
+            lineages = self._lineages_by_user.get(user_id, [])
+            # A grant's current refresh token may be newer than a later grant's.
+            alive = sorted((g for g in lineages if g.alive), key=lambda g: g.issued)
+            return LiveTokens(
+                access=[a.token for a in access if a.is_valid(now)],
+                refresh=[g.refresh_token for g in alive],
+            )
 
 
 def _access_token() -> str:
