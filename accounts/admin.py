@@ -48,6 +48,7 @@ REVOKE_LABELS = {
     outcome: outcome.value
     for outcome in [
         services.RevokeOutcome.REVOKED,
+        services.RevokeOutcome.ALREADY_INVALID,
         services.RevokeOutcome.ALREADY_REVOKED,
         services.RevokeOutcome.REVOKED_LOCALLY,
     ]

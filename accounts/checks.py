@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -62,27 +63,44 @@ def check_redirect_uri(**kwargs: Any) -> list[checks.CheckMessage]:
     return []
 
 
+# Twitch's scope strings: lowercase words joined by ":" (and "_" or "-").
+SCOPE_RE = re.compile(r"[a-z0-9_.\-]+(:[a-z0-9_.\-]+)*")
+
+
 @checks.register()
 def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
-    unknown = [scope for scope in settings.TWITCH_SCOPES if scope not in KNOWN_SCOPES]
-    if unknown:
+    malformed = [s for s in settings.TWITCH_SCOPES if not SCOPE_RE.fullmatch(s)]
+    if malformed:
         return [
             checks.Error(
-                f"TWITCH_SCOPES has unknown scope(s): {', '.join(unknown)}.",
+                f"TWITCH_SCOPES has malformed scope(s): {', '.join(malformed)}.",
                 hint="Use Twitch's scope strings, separated by spaces, e.g. "
                 "'chat:read chat:edit'.",
                 id="accounts.E004",
             )
         ]
+    messages: list[checks.CheckMessage] = []
+    # Twitch has scopes twitchAPI 4.5.0 does not know (openid, newer ones): they
+    # are requested and stored all the same, so this is only worth a look.
+    if unknown := [s for s in settings.TWITCH_SCOPES if s not in KNOWN_SCOPES]:
+        messages.append(
+            checks.Warning(
+                f"TWITCH_SCOPES has scope(s) twitchAPI does not know: "
+                f"{', '.join(unknown)}.",
+                hint="Fine if Twitch has them (check the spelling against "
+                "https://dev.twitch.tv/docs/authentication/scopes/).",
+                id="accounts.W005",
+            )
+        )
     if not settings.TWITCH_SCOPES:
-        return [
+        messages.append(
             checks.Warning(
                 "TWITCH_SCOPES is empty: tokens will only identify the user.",
                 hint="Set TWITCH_SCOPES to the scopes your site's features need.",
                 id="accounts.W004",
             )
-        ]
-    return []
+        )
+    return messages
 
 
 @checks.register(checks.Tags.security)

@@ -7,6 +7,7 @@ Views, admin actions and commands call these; these call the Twitch seam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import logging
@@ -17,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from typing import Any
 
@@ -30,7 +31,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.debug import sensitive_variables
 
-from accounts import signals, twitch
+from accounts import signals, spool, twitch
 from accounts.models import SpentOAuthState, TokenEvent, TwitchToken
 
 logger = logging.getLogger(__name__)
@@ -117,34 +118,41 @@ async def connect(*, user: AbstractBaseUser, code: str) -> TwitchToken:
     """Exchange the code, learn whose token it is and store it for `user`.
 
     Exactly two round trips to Twitch: the code exchange, then validation (which
-    names the Twitch account). Raises `twitch.TwitchError` or `AlreadyLinked`;
-    either way nothing is stored.
+    names the Twitch account). Raises `twitch.TwitchError`, `AlreadyLinked` or
+    `DatabaseError`; in every case nothing is stored, and a grant Twitch issued is
+    revoked rather than left alive with nobody holding it.
     """
     grant = await twitch.exchange_code(code)
-    info = await twitch.validate(grant.access_token)
     try:
-        token = await sync_to_async(_store_connection)(
+        info = await twitch.validate(grant.access_token)
+        token, replaced = await sync_to_async(_store_connection)(
             user=user, grant=grant, info=info
         )
-    except AlreadyLinked:
-        # We will not hold this token, so Twitch need not keep it alive either.
+    except BaseException:
+        # Whatever went wrong (Twitch, the database, the request cancelled), we
+        # will not hold this token, so Twitch need not keep it alive either.
         await _revoke_quietly(grant.access_token)
         raise
+    if replaced:
+        # The connection this one replaces is over: end it at Twitch too.
+        await _revoke_quietly(replaced)
     await signals.token_connected.asend(sender=TwitchToken, token=token)
     return token
 
 
 def _store_connection(
     *, user: AbstractBaseUser, grant: twitch.TokenGrant, info: twitch.TokenInfo
-) -> TwitchToken:
+) -> tuple[TwitchToken, str]:
+    """Store the connection; return it and the access token of the one it replaced."""
     now = timezone.now()
     fields = {
         "twitch_user_id": info.user_id,
         "login": info.login,
         "access_token": grant.access_token,
         "refresh_token": grant.refresh_token,
-        "scopes": grant.scopes,
-        "expires_at": now + timedelta(seconds=grant.expires_in),
+        # Validation describes the token as Twitch holds it now.
+        "scopes": info.scopes,
+        "expires_at": expiry(now, grant.expires_in, info),
         "status": TwitchToken.Status.ACTIVE,
         "last_validated_at": now,
         "last_error": "",
@@ -159,39 +167,68 @@ def _store_connection(
             )
             if linked_elsewhere.exists():
                 raise AlreadyLinked(info.login)
+            previous = TwitchToken.objects.select_for_update().filter(user=user).first()
             # Reconnecting updates the user's one row in place.
             token, _ = TwitchToken.objects.update_or_create(user=user, defaults=fields)
+            if previous is None or previous.status == TwitchToken.Status.REVOKED:
+                detail = f"Connected as {info.login}"
+            else:
+                detail = f"Reconnected as {info.login} (was {previous.login})"
             TokenEvent.objects.create(
                 token=token,
                 action=TokenEvent.Action.CONNECT,
                 outcome=TokenEvent.Outcome.SUCCEEDED,
                 source=TokenEvent.Source.USER,
                 actor=user,
-                detail=f"Connected as {info.login}",
+                detail=detail[:200],
             )
     except IntegrityError:
         # Another user connected the same account at the same moment.
         raise AlreadyLinked(info.login) from None
-    return token
+    replaced = ""
+    if previous is not None and previous.status != TwitchToken.Status.REVOKED:
+        replaced = previous.access_token
+    return token, replaced
+
+
+def expiry(
+    now: datetime, expires_in: int | None, info: twitch.TokenInfo | None = None
+) -> datetime | None:
+    """When a token expires: from the token answer, else from validation.
+
+    None means it does not expire (validate answers `expires_in: 0` for such
+    tokens), so it is never refreshed on a schedule. Unknown means now: the next
+    run validates or refreshes it, once.
+    """
+    if expires_in is not None:
+        return now + timedelta(seconds=expires_in)
+    if info is not None:
+        return (
+            None if info.expires_in == 0 else now + timedelta(seconds=info.expires_in)
+        )
+    return now
 
 
 @sensitive_variables()
-async def _revoke_quietly(access_token: str) -> bool:
+async def _revoke_quietly(access_token: str) -> twitch.RevokeResult | None:
+    """Revoke at Twitch; None when Twitch could not be told."""
     try:
-        await twitch.revoke(access_token)
-    except twitch.InvalidCredential:
-        return True  # already dead at Twitch
+        return await twitch.revoke(access_token)
     except twitch.TwitchError as error:
         logger.warning("could not revoke a token at Twitch: %s", error)
-        return False
-    return True
+        return None
 
 
 # --- Revoking ----------------------------------------------------------------------
 
 
 class RevokeOutcome(enum.Enum):
+    # Twitch ended the access token; our copy of the refresh token is wiped (Twitch
+    # promises nothing about the refresh token itself).
     REVOKED = "revoked"
+    # Twitch said the access token was already invalid (expired or revoked), so it
+    # did nothing; our copies are wiped.
+    ALREADY_INVALID = "already invalid at Twitch"
     # Forgotten here, but Twitch could not be told: the user should disconnect the
     # app in their Twitch settings too.
     REVOKED_LOCALLY = "revoked locally but Twitch was unreachable"
@@ -214,14 +251,20 @@ async def revoke_token(
     token = await TwitchToken.objects.filter(pk=token.pk).afirst() or token
     if token.status == TwitchToken.Status.REVOKED and not token.refresh_token:
         return RevokeOutcome.ALREADY_REVOKED
-    told_twitch = not token.is_undecryptable
     if token.access_token:
-        told_twitch = await _revoke_quietly(token.access_token)
-    await sync_to_async(_wipe)(
-        token=token, told_twitch=told_twitch, source=source, actor=actor
-    )
+        result = await _revoke_quietly(token.access_token)
+        outcome = {
+            twitch.RevokeResult.ENDED: RevokeOutcome.REVOKED,
+            twitch.RevokeResult.ALREADY_INVALID: RevokeOutcome.ALREADY_INVALID,
+            None: RevokeOutcome.REVOKED_LOCALLY,
+        }[result]
+    elif token.is_undecryptable:
+        outcome = RevokeOutcome.REVOKED_LOCALLY
+    else:
+        outcome = RevokeOutcome.ALREADY_INVALID
+    await sync_to_async(_wipe)(token=token, outcome=outcome, source=source, actor=actor)
     await signals.token_revoked.asend(sender=TwitchToken, token=token)
-    return RevokeOutcome.REVOKED if told_twitch else RevokeOutcome.REVOKED_LOCALLY
+    return outcome
 
 
 async def revoke_tokens(
@@ -241,17 +284,35 @@ async def revoke_tokens(
     return Counter(await asyncio.gather(*(revoke_one(token) for token in tokens)))
 
 
+# What the audit trail and Last error say about each way a revoke can go.
+_REVOKE_RECORDS = {
+    RevokeOutcome.REVOKED: (TokenEvent.Outcome.SUCCEEDED, "", ""),
+    RevokeOutcome.ALREADY_INVALID: (
+        TokenEvent.Outcome.REJECTED,
+        "Twitch said the access token was already invalid, so it did nothing; "
+        "secrets wiped here.",
+        "",
+    ),
+    RevokeOutcome.REVOKED_LOCALLY: (
+        TokenEvent.Outcome.UNAVAILABLE,
+        "Twitch was unreachable; secrets wiped here.",
+        "Revoked here; Twitch was unreachable.",
+    ),
+}
+
+
 def _wipe(
     *,
     token: TwitchToken,
-    told_twitch: bool,
+    outcome: RevokeOutcome,
     source: TokenEvent.Source,
     actor: AbstractBaseUser | None,
 ) -> None:
+    event_outcome, detail, last_error = _REVOKE_RECORDS[outcome]
     token.wipe_secrets()
     token.status = TwitchToken.Status.REVOKED
     token.claimed_until = None
-    token.last_error = "" if told_twitch else "Revoked here; Twitch was unreachable."
+    token.last_error = last_error
     with transaction.atomic():
         token.save(
             update_fields=[
@@ -266,14 +327,10 @@ def _wipe(
         TokenEvent.objects.create(
             token=token,
             action=TokenEvent.Action.REVOKE,
-            outcome=(
-                TokenEvent.Outcome.SUCCEEDED
-                if told_twitch
-                else TokenEvent.Outcome.UNAVAILABLE
-            ),
+            outcome=event_outcome,
             source=source,
             actor=actor,
-            detail="" if told_twitch else "Twitch was unreachable; secrets wiped here.",
+            detail=detail,
         )
 
 
@@ -290,11 +347,17 @@ async def connection_for(user: AbstractBaseUser) -> TwitchToken | None:
 # with a rotated refresh token still in memory.
 LEASE = timedelta(minutes=10)
 LEASE_NEEDED = timedelta(minutes=5)
-# Twitch requires apps to validate the tokens they keep at least hourly.
-VALIDATE_EVERY = timedelta(hours=1)
+# Twitch requires every kept token to be validated at least once an hour, and
+# audits it. A token is due 40 minutes after its last validation: with cron every
+# 15 minutes (or more often), the run that validates it starts at most 55 minutes
+# after the last validation, which leaves 5 minutes for slow runs.
+VALIDATION_DUE_AFTER = timedelta(minutes=40)
 WRITE_BATCH = 100
 FLUSH_EVERY = 0.2  # seconds
 MAX_WRITE_FAILURES = 25  # about five seconds of a database that refuses writes
+# Rotated token pairs a run may hold that the database has not stored yet; past
+# this, and while writes fail, it starts no new refresh.
+MAX_UNSTORED = 2 * WRITE_BATCH
 
 
 class Outcome(enum.Enum):
@@ -311,29 +374,27 @@ class Plan:
 
     `refresh_within`: refresh tokens expiring within it; `None` refreshes all.
     `validate_after`: validate tokens not validated for this long; `None` validates
-    all. `refresh` / `validate` switch either duty off.
+    all. `refresh` / `validate` switch either duty off. A token that does not
+    expire (`expires_at` is None) is refreshed only when asked to refresh all.
     """
 
     refresh: bool = True
     refresh_within: timedelta | None = timedelta(minutes=60)
     validate: bool = True
-    validate_after: timedelta | None = VALIDATE_EVERY
+    validate_after: timedelta | None = VALIDATION_DUE_AFTER
 
     def due(self, now: datetime) -> Q:
         conditions = []
         if self.refresh:
             if self.refresh_within is None:
                 return Q()
-            conditions.append(
-                Q(expires_at__isnull=True)
-                | Q(expires_at__lte=now + self.refresh_within)
-            )
+            conditions.append(Q(expires_at__lte=now + self.refresh_within))
         if self.validate:
             if self.validate_after is None:
                 return Q()
             conditions.append(
                 Q(last_validated_at__isnull=True)
-                | Q(last_validated_at__lt=now - self.validate_after)
+                | Q(last_validated_at__lte=now - self.validate_after)
             )
         # Note: an empty Q() means "every row", and Q(a) | Q() is just Q(a).
         return reduce(operator.or_, conditions, Q(pk__in=[]))
@@ -343,20 +404,25 @@ class Plan:
             return False
         if self.refresh_within is None:
             return True
-        return token.expires_at is None or token.expires_at <= now + self.refresh_within
+        return (
+            token.expires_at is not None
+            and token.expires_at <= now + self.refresh_within
+        )
 
     def wants_validation(self, token: TwitchToken, now: datetime) -> bool:
         if not self.validate:
             return False
         if self.validate_after is None or token.last_validated_at is None:
             return True
-        return token.last_validated_at < now - self.validate_after
+        return token.last_validated_at <= now - self.validate_after
 
 
 @dataclass
 class Report:
     counts: Counter[Outcome] = field(default_factory=Counter)
     seconds: float = 0.0
+    # Tokens whose stored secret no configured key decrypts.
+    undecryptable: int = 0
 
     @property
     def handled_all(self) -> bool:
@@ -387,10 +453,15 @@ class _Result:
     lease: datetime
     outcome: Outcome
     grant: twitch.TokenGrant | None = None
+    # What validation said about the token being stored (None: not validated, or
+    # Twitch said it is invalid).
+    info: twitch.TokenInfo | None = None
     validated: bool = False
     error: str = ""
     # A grant Twitch issued that could not be stored (the row changed meanwhile).
     orphaned: bool = False
+    # A grant that could not be written and stays in the spool for the next run.
+    kept_in_spool: bool = False
 
 
 def select_due(plan: Plan, queryset: QuerySet[TwitchToken] | None = None) -> list[int]:
@@ -418,80 +489,173 @@ async def maintain_tokens(
 
     Safe beside other runs on other machines: each token is claimed with a lease
     before Twitch is asked, and the answer is stored only while the lease holds.
-    The new refresh token replaces the old one in the same UPDATE that stores it.
+    The new refresh token replaces the old one in the same UPDATE that stores it,
+    and is in the spool (accounts/spool.py) from Twitch's answer until then.
     """
-    started = time.monotonic()
-    report = Report()
-    # Claim little ahead of the workers, so claimed tokens do not wait long.
-    claim_batch = max(2 * concurrency, 10)
-    queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=concurrency)
-    pending: list[_Result] = []
-    write_lock = asyncio.Lock()
-    working = True
-    write_failures = 0
+    await replay_spool(source=source, actor=actor)
+    run = _Run(
+        plan=plan, source=source, actor=actor, attempts=attempts, progress=progress
+    )
+    return await run.handle(pks, concurrency=concurrency)
 
-    async def flush() -> None:
-        nonlocal write_failures
-        async with write_lock:
-            if not pending:
+
+class _Run:
+    """One call of `maintain_tokens`: claim, work, store, with the state they share.
+
+    Claiming runs a little ahead of `concurrency` workers; a writer stores their
+    results every FLUSH_EVERY (or at once when WRITE_BATCH are waiting) and once
+    more when the workers are done.
+    """
+
+    def __init__(
+        self,
+        *,
+        plan: Plan,
+        source: TokenEvent.Source,
+        actor: AbstractBaseUser | None,
+        attempts: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.plan, self.source, self.actor = plan, source, actor
+        self.attempts, self.progress = attempts, progress
+        self.report = Report()
+        self.pending: list[_Result] = []
+        self.spool = spool.Spool()
+        self.unstored = 0  # grants in memory and spool, not yet in the database
+        self.write_lock = asyncio.Lock()
+        self.write_failures = 0
+        self.writes_failing = False
+        self.gave_up = False
+        self.workers_done = asyncio.Event()
+
+    async def handle(self, pks: list[int], *, concurrency: int) -> Report:
+        started = time.monotonic()
+        queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=concurrency)
+        writer = asyncio.create_task(self.write_regularly())
+        try:
+            try:
+                await asyncio.gather(
+                    self.claim_all(pks, queue, workers=concurrency),
+                    *(self.work(queue) for _ in range(concurrency)),
+                )
+            finally:
+                self.workers_done.set()
+                await writer
+        finally:
+            # Kept while any grant is not in the database: the next run stores it.
+            self.spool.close(keep=self.unstored > 0)
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    async def claim_all(
+        self, pks: list[int], queue: asyncio.Queue[TwitchToken | None], *, workers: int
+    ) -> None:
+        # Claim little ahead of the workers, so claimed tokens do not wait long.
+        batch = max(2 * workers, 10)
+        for start in range(0, len(pks), batch):
+            chunk = pks[start : start + batch]
+            claimed = (
+                []
+                if self.gave_up
+                else await sync_to_async(_claim)(chunk, plan=self.plan)
+            )
+            self.count_skipped(len(chunk) - len(claimed))
+            for token in claimed:
+                await queue.put(token)
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def work(self, queue: asyncio.Queue[TwitchToken | None]) -> None:
+        while (token := await queue.get()) is not None:
+            await self.wait_until_results_can_be_stored()
+            if self.gave_up:
+                self.count_skipped(1)
+                continue
+            result = await _maintain_one(token, plan=self.plan, attempts=self.attempts)
+            if result.grant is not None:
+                self.keep_durably(result)
+            self.pending.append(result)
+            if len(self.pending) >= WRITE_BATCH and not self.write_lock.locked():
+                await self.flush()
+
+    async def wait_until_results_can_be_stored(self) -> None:
+        # A new refresh would rotate one more token that the database cannot
+        # take: wait until it takes what we hold.
+        while not self.gave_up and (
+            self.writes_failing or self.unstored >= MAX_UNSTORED
+        ):
+            await asyncio.sleep(FLUSH_EVERY)
+
+    @sensitive_variables()
+    def keep_durably(self, result: _Result) -> None:
+        assert result.grant is not None
+        self.unstored += 1
+        try:
+            self.spool.add(
+                spool.Entry(
+                    token_pk=result.token.pk,
+                    replaced=spool.digest(result.token.refresh_token),
+                    access_token=result.grant.access_token,
+                    refresh_token=result.grant.refresh_token,
+                    expires_in=result.grant.expires_in,
+                    scopes=result.grant.scopes,
+                    obtained_at=time.time(),
+                    lease=result.lease.isoformat(),
+                )
+            )
+        except OSError:
+            # Still in memory and about to be stored; only a crash now loses it.
+            logger.exception("could not write the token spool in %s", spool.directory())
+
+    async def write_regularly(self) -> None:
+        while True:
+            if not self.workers_done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.workers_done.wait(), FLUSH_EVERY)
+            await self.flush()
+            if self.workers_done.is_set() and not self.pending:
                 return
-            batch = pending[:]
-            pending.clear()
+            if self.writes_failing:
+                await asyncio.sleep(FLUSH_EVERY)
+
+    async def flush(self) -> None:
+        async with self.write_lock:
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
             try:
                 written = await sync_to_async(_store_results)(
-                    batch, source=source, actor=actor
+                    batch, source=self.source, actor=self.actor
                 )
             except DatabaseError:
                 # Twitch's answers (rotated refresh tokens among them) must not be
-                # dropped: keep them and write them on the next round.
-                write_failures += 1
+                # dropped: keep them, in memory and in the spool, and retry.
+                self.write_failures += 1
+                self.writes_failing = True
                 logger.exception("could not store %s results; will retry", len(batch))
-                pending[:0] = batch
-                if write_failures > MAX_WRITE_FAILURES:
+                self.pending[:0] = batch
+                if self.write_failures > MAX_WRITE_FAILURES:
+                    self.gave_up = True
                     raise
                 return
+            self.writes_failing = False
         for result in written:
-            report.counts[result.outcome] += 1
+            if result.grant is not None and not result.kept_in_spool:
+                self.unstored -= 1
+            if result.token.is_undecryptable:
+                self.report.undecryptable += 1
+            self.report.counts[result.outcome] += 1
             if result.orphaned and result.grant is not None:
                 await _revoke_quietly(result.grant.access_token)
             await _announce(result)
-        if progress is not None:
-            progress(len(written))
+        if self.progress is not None:
+            self.progress(len(written))
 
-    async def write_regularly() -> None:
-        # Results reach the database within FLUSH_EVERY, or at once in batches of
-        # WRITE_BATCH (workers trigger those), whatever the slowest token does.
-        while working or pending:
-            await asyncio.sleep(FLUSH_EVERY)
-            await flush()
-
-    async def claim_all() -> None:
-        for start in range(0, len(pks), claim_batch):
-            chunk = pks[start : start + claim_batch]
-            claimed = await sync_to_async(_claim)(chunk, plan=plan)
-            skipped = len(chunk) - len(claimed)
-            report.counts[Outcome.SKIPPED] += skipped
-            if progress is not None and skipped:
-                progress(skipped)
-            for token in claimed:
-                await queue.put(token)
-        for _ in range(concurrency):
-            await queue.put(None)
-
-    async def work() -> None:
-        while (token := await queue.get()) is not None:
-            pending.append(await _maintain_one(token, plan=plan, attempts=attempts))
-            if len(pending) >= WRITE_BATCH and not write_lock.locked():
-                await flush()
-
-    writer = asyncio.create_task(write_regularly())
-    try:
-        await asyncio.gather(claim_all(), *(work() for _ in range(concurrency)))
-    finally:
-        working = False
-        await writer
-    report.seconds = time.monotonic() - started
-    return report
+    def count_skipped(self, count: int) -> None:
+        if count:
+            self.report.counts[Outcome.SKIPPED] += count
+            if self.progress is not None:
+                self.progress(count)
 
 
 def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
@@ -512,6 +676,9 @@ def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
     return list(TwitchToken.objects.filter(pk__in=claimable).order_by("expires_at"))
 
 
+UNDECRYPTABLE = "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KEYS."
+
+
 @sensitive_variables()
 async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Result:
     assert token.claimed_until is not None
@@ -520,10 +687,7 @@ async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Re
     if token.claimed_until - now < LEASE_NEEDED:
         return result  # waited too long in the queue; the next run takes it
     if token.is_undecryptable:
-        result.outcome = Outcome.FAILED
-        result.error = (
-            "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KEYS."
-        )
+        result.outcome, result.error = Outcome.FAILED, UNDECRYPTABLE
         return result
     try:
         await _refresh_and_validate(
@@ -540,6 +704,12 @@ async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Re
 async def _refresh_and_validate(
     token: TwitchToken, result: _Result, *, plan: Plan, now: datetime, attempts: int
 ) -> None:
+    async def validate(access_token: str) -> None:
+        result.info = await twitch.with_retries(
+            lambda: twitch.validate(access_token), attempts=attempts
+        )
+        result.validated = True
+
     async def refresh() -> None:
         try:
             result.grant = await twitch.with_retries(
@@ -553,21 +723,35 @@ async def _refresh_and_validate(
                 result.outcome, result.error = Outcome.FAILED, str(error)
             else:
                 result.outcome, result.error = Outcome.NEEDS_RECONNECT, str(error)
+            return
         except twitch.TwitchError as error:
             result.outcome, result.error = Outcome.FAILED, str(error)
+            return
+        if result.grant.expires_in is None:
+            # Twitch left the lifetime out (or sent nonsense): the new access
+            # token's validation says how long it lives, and that it is real.
+            try:
+                await validate(result.grant.access_token)
+            except twitch.InvalidCredential:
+                result.grant = None
+                result.outcome = Outcome.FAILED
+                result.error = (
+                    "Twitch's refresh answer held no usable token; the stored one "
+                    "is kept."
+                )
+            except twitch.TwitchError:
+                pass  # kept, with an unknown expiry: the next run looks again
 
     if plan.wants_refresh(token, now):
         await refresh()
-    if plan.wants_validation(token, now) and result.outcome in (
-        Outcome.SKIPPED,
-        Outcome.REFRESHED,
+    if (
+        plan.wants_validation(token, now)
+        and not result.validated
+        and result.outcome in (Outcome.SKIPPED, Outcome.REFRESHED)
     ):
         access = result.grant.access_token if result.grant else token.access_token
         try:
-            await twitch.with_retries(
-                lambda: twitch.validate(access), attempts=attempts
-            )
-            result.validated = True
+            await validate(access)
             if result.outcome is Outcome.SKIPPED:
                 result.outcome = Outcome.VALIDATED
         except twitch.InvalidCredential:
@@ -589,9 +773,44 @@ def _store_results(
 ) -> list[_Result]:
     """Write the results in one transaction; only after it commits are they final.
 
-    Nothing in `results` is changed before the commit, so a failed write can be
-    retried with the same results.
+    Only a `DatabaseError` (the database refusing writes) fails the whole batch,
+    which is then retried as it is. Any other failure is one result's problem: the
+    batch is written again one result at a time, so the others are kept.
     """
+    try:
+        return _store_batch(results, source=source, actor=actor)
+    except DatabaseError:
+        raise
+    except Exception:
+        logger.exception("storing %s results failed; storing each alone", len(results))
+    for result in results:
+        try:
+            _store_batch([result], source=source, actor=actor)
+        except DatabaseError:
+            raise
+        except Exception:
+            logger.exception("could not store the result for token %s", result.token.pk)
+            _give_up_storing(result)
+    return results
+
+
+def _give_up_storing(result: _Result) -> None:
+    result.outcome, result.error = Outcome.FAILED, "Could not be stored; see the logs."
+    if result.grant is not None:
+        # Its lease stays: nobody may refresh with the old token before the next
+        # run has stored this grant from the spool.
+        result.kept_in_spool = True
+        return
+    TwitchToken.objects.filter(pk=result.token.pk, claimed_until=result.lease).update(
+        claimed_until=None, last_error=result.error
+    )
+
+
+def _store_batch(
+    results: list[_Result], *, source: TokenEvent.Source, actor: AbstractBaseUser | None
+) -> list[_Result]:
+    """Nothing in `results` is changed before the commit, so a failed write can be
+    retried with the same results."""
     now = timezone.now()
     decided: list[tuple[_Result, Outcome, dict[str, Any] | None]] = []
     with transaction.atomic():
@@ -605,6 +824,8 @@ def _store_results(
                 ).update(**changes)
                 == 1
             )
+            if not stored and _holds_grant_already(result):
+                outcome, changes = Outcome.REFRESHED, {}  # an earlier try stored it
             decided.append((result, outcome, changes if stored else None))
         TokenEvent.objects.bulk_create(
             event
@@ -630,6 +851,14 @@ def _store_results(
     return results
 
 
+def _holds_grant_already(result: _Result) -> bool:
+    if result.grant is None:
+        return False
+    current = TwitchToken.objects.filter(pk=result.token.pk).only("refresh_token")
+    row = current.first()
+    return row is not None and row.refresh_token == result.grant.refresh_token
+
+
 def _decide(result: _Result, *, now: datetime) -> tuple[Outcome, dict[str, Any]]:
     """The outcome to record and the columns to write for one result."""
     outcome, error = result.outcome, result.error
@@ -639,16 +868,21 @@ def _decide(result: _Result, *, now: datetime) -> tuple[Outcome, dict[str, Any]]
             access_token=result.grant.access_token,
             refresh_token=result.grant.refresh_token,
             scopes=result.grant.scopes,
-            expires_at=now + timedelta(seconds=result.grant.expires_in),
+            expires_at=expiry(now, result.grant.expires_in, result.info),
             last_refreshed_at=now,
             last_error="",
         )
     if result.validated:
         changes["last_validated_at"] = now
+    if result.info is not None:
+        # Twitch users rename; and validation says which scopes the token has.
+        changes.update(login=result.info.login, scopes=result.info.scopes)
+        if result.grant is None:
+            changes["expires_at"] = expiry(now, None, result.info)
     if outcome is Outcome.NEEDS_RECONNECT:
         if _refresh_token_changed_since(result.token):
-            # Site code (twitch_for) refreshed it while we held the old one:
-            # nothing is wrong with the connection.
+            # Someone stored a newer pair while we held the old one: nothing is
+            # wrong with the connection.
             outcome, error = Outcome.SKIPPED, ""
         else:
             changes["status"] = TwitchToken.Status.NEEDS_RECONNECT
@@ -713,6 +947,100 @@ async def _announce(result: _Result) -> None:
         )
 
 
+# --- The spool: pairs a run obtained but could not store ----------------------------
+
+
+async def replay_spool(
+    *, source: TokenEvent.Source, actor: AbstractBaseUser | None = None
+) -> int:
+    """Store the token pairs that runs which died left in the spool; return how many.
+
+    Runs before any refresh, so nobody presents a refresh token Twitch has already
+    replaced. A pair whose connection has moved on (revoked, reconnected) is
+    revoked at Twitch instead.
+    """
+    stored, orphans = await sync_to_async(_replay_abandoned)(source=source, actor=actor)
+    for access_token in orphans:
+        await _revoke_quietly(access_token)
+    return stored
+
+
+class _Replay(enum.Enum):
+    STORED = "stored"
+    ALREADY_STORED = "already stored"
+    WAITING = "waiting"  # the row holds neither the replaced pair nor this one
+    ORPHANED = "orphaned"
+
+
+def _replay_abandoned(
+    *, source: TokenEvent.Source, actor: AbstractBaseUser | None
+) -> tuple[int, list[str]]:
+    stored, orphans = 0, []
+    with spool.abandoned() as entries:
+        waiting = list(entries)
+        # A chain of refreshes of one token applies in order; loop until none moves.
+        progress = True
+        while waiting and progress:
+            progress = False
+            for entry in list(waiting):
+                verdict = _replay_one(entry, source=source, actor=actor)
+                if verdict is _Replay.WAITING:
+                    continue
+                waiting.remove(entry)
+                progress = True
+                stored += verdict is _Replay.STORED
+                if verdict is _Replay.ORPHANED:
+                    orphans.append(entry.access_token)
+        orphans.extend(entry.access_token for entry in waiting)
+    if stored or orphans:
+        logger.warning(
+            "stored %s token pair(s) from the spool of an interrupted run; "
+            "%s no longer had a connection to go to",
+            stored,
+            len(orphans),
+        )
+    return stored, orphans
+
+
+def _replay_one(
+    entry: spool.Entry, *, source: TokenEvent.Source, actor: AbstractBaseUser | None
+) -> _Replay:
+    with transaction.atomic():
+        row = TwitchToken.objects.select_for_update().filter(pk=entry.token_pk).first()
+        if row is None or row.status != TwitchToken.Status.ACTIVE:
+            return _Replay.ORPHANED
+        if row.refresh_token == entry.refresh_token:
+            return _Replay.ALREADY_STORED
+        if spool.digest(row.refresh_token) != entry.replaced:
+            return _Replay.WAITING
+        obtained = datetime.fromtimestamp(entry.obtained_at, tz=UTC)
+        changes: dict[str, Any] = {
+            "access_token": entry.access_token,
+            "refresh_token": entry.refresh_token,
+            "scopes": entry.scopes,
+            "expires_at": expiry(obtained, entry.expires_in),
+            "last_refreshed_at": obtained,
+            "last_error": "",
+            "updated_at": timezone.now(),
+        }
+        # The run that died held this lease; nobody else can be using it.
+        if row.claimed_until is not None and (
+            row.claimed_until.isoformat() == entry.lease
+            or row.claimed_until < timezone.now()
+        ):
+            changes["claimed_until"] = None
+        TwitchToken.objects.filter(pk=row.pk).update(**changes)
+        TokenEvent.objects.create(
+            token=row,
+            action=TokenEvent.Action.REFRESH,
+            outcome=TokenEvent.Outcome.SUCCEEDED,
+            source=source,
+            actor=actor,
+            detail="Stored from the spool of an interrupted run.",
+        )
+    return _Replay.STORED
+
+
 # --- A Twitch client for the rest of the site -----------------------------------------
 
 
@@ -721,99 +1049,126 @@ class NoUsableToken(Exception):
     waiting for the user to reconnect)."""
 
 
+# How long site code waits for another process (cron, another request) that holds a
+# token's lease to store the pair it is fetching, before giving up.
+LEASE_WAIT = 15.0  # seconds
+
+
 @asynccontextmanager
 async def twitch_for(
     user: AbstractBaseUser, *, min_lifetime: timedelta = timedelta(minutes=5)
-) -> AsyncIterator[twitch.Twitch]:
+) -> AsyncIterator[twitch.UserClient]:
     """A twitchAPI `Twitch` client acting as `user`, for chat bots and stream tools.
 
         async with twitch_for(user) as client:
             me = await first(client.get_users())
 
-    A token close to expiry is refreshed first (through the same leased machinery as
-    `refresh_tokens`); if twitchAPI refreshes during use, the new tokens are stored
-    at once, so the refresh token is never lost.
+    The token is validated first (and refreshed if it is close to expiry or Twitch
+    rejects it). Every refresh, here or when a call meets a 401 later, goes
+    through the same leased path as `refresh_tokens`, so one grant never has two
+    refreshers. Raises `NoUsableToken` when the user has no working connection
+    (a dead grant is marked `needs_reconnect` at once), and
+    `twitch.TwitchUnavailable` when Twitch cannot be reached; a call never waits
+    longer than the seam's timeout.
     """
+    await replay_spool(source=TokenEvent.Source.SITE)
+    token = await _usable_token(user)
+    if (
+        token.expires_at is not None
+        and token.expires_at <= timezone.now() + min_lifetime
+    ):
+        token = await _refresh_through_lease(token)
+    try:
+        info = await twitch.validate(token.access_token)
+    except twitch.InvalidCredential:
+        token = await _refresh_through_lease(token)
+    else:
+        await _record_validation(token, info)
+
+    async def renew(held_access: str, held_refresh: str) -> tuple[str, str]:
+        fresh = await _renew(token)
+        return fresh.access_token, fresh.refresh_token
+
+    yield await twitch.user_client(
+        access_token=token.access_token,
+        refresh_token=token.refresh_token,
+        scopes=token.scopes,
+        renew=renew,
+    )
+
+
+async def _usable_token(user: AbstractBaseUser) -> TwitchToken:
     token = await TwitchToken.objects.filter(user=user).afirst()
     if token is None or not token.is_usable:
         raise NoUsableToken(f"{user} has no usable Twitch connection.")
-    if token.expires_at is None or token.expires_at <= timezone.now() + min_lifetime:
-        await maintain_tokens(
-            pks=[token.pk],
-            plan=Plan(refresh_within=min_lifetime, validate=False),
-            source=TokenEvent.Source.SITE,
-        )
-        token = await TwitchToken.objects.aget(pk=token.pk)
-        if not token.is_usable:
-            raise NoUsableToken(f"{user}'s Twitch connection needs a reconnect.")
-
-    async def persist(access_token: str, refresh_token: str) -> None:
-        await _store_site_refresh(token, access_token, refresh_token)
-
-    try:
-        client = await twitch.user_client(
-            access_token=token.access_token,
-            refresh_token=token.refresh_token,
-            scopes=token.scopes,
-            on_refresh=persist,
-        )
-    except twitch.InvalidCredential:
-        raise NoUsableToken(f"Twitch no longer accepts {user}'s token.") from None
-    yield client
+    return token
 
 
-async def _store_site_refresh(
-    token: TwitchToken, access_token: str, refresh_token: str
-) -> None:
-    """Store tokens that twitchAPI refreshed by itself, before anything else happens."""
-    now = timezone.now()
-    if not await sync_to_async(_store_site_refresh_in_transaction)(
-        token, access_token, refresh_token, now=now
+@sensitive_variables()
+async def _renew(token: TwitchToken) -> TwitchToken:
+    """Twitch answered a client's call with 401: the pair the client should use now.
+
+    Helix also answers 401 for a missing scope, so the stored token is refreshed
+    only when validation says it is dead; a pair someone else stored meanwhile is
+    used as it is.
+    """
+    current = await TwitchToken.objects.filter(pk=token.pk).afirst()
+    if (
+        current is None
+        or not current.is_usable
+        or current.twitch_user_id != token.twitch_user_id
     ):
-        # The row moved on while the client was in use (a reconnect, perhaps to
-        # another Twitch account, a disconnect, or a refresh elsewhere): what it
-        # holds now wins. The client keeps its tokens until the block ends.
-        logger.warning("token %s changed while in use; refresh not stored", token.pk)
-        return
-    token.access_token, token.refresh_token = access_token, refresh_token
+        raise NoUsableToken("The Twitch connection is no longer usable.")
     try:
-        info = await twitch.validate(access_token)
-    except twitch.TwitchError as error:
-        logger.warning("could not validate token %s after refresh: %s", token.pk, error)
-    else:
-        token.expires_at = now + timedelta(seconds=info.expires_in)
-        await TwitchToken.objects.filter(pk=token.pk).aupdate(
-            expires_at=token.expires_at, last_validated_at=now
-        )
-    await signals.token_refreshed.asend(sender=TwitchToken, token=token)
+        info = await twitch.validate(current.access_token)
+    except twitch.InvalidCredential:
+        return await _refresh_through_lease(current)
+    await _record_validation(current, info)
+    return current
 
 
-def _store_site_refresh_in_transaction(
-    token: TwitchToken, access_token: str, refresh_token: str, *, now: datetime
-) -> bool:
-    with transaction.atomic():
-        current = TwitchToken.objects.select_for_update().filter(pk=token.pk).first()
-        if (
-            current is None
-            or current.status != TwitchToken.Status.ACTIVE
-            or current.twitch_user_id != token.twitch_user_id
-            or current.refresh_token != token.refresh_token
-        ):
-            return False
-        # twitchAPI does not pass on expires_in: assume the worst until
-        # validation tells us, so a failed validation only means an early refresh.
-        TwitchToken.objects.filter(pk=token.pk).update(
-            access_token=access_token,
-            refresh_token=refresh_token,
-            expires_at=now,
-            last_refreshed_at=now,
-            last_error="",
-            updated_at=now,
-        )
-        TokenEvent.objects.create(
-            token=token,
-            action=TokenEvent.Action.REFRESH,
-            outcome=TokenEvent.Outcome.SUCCEEDED,
+async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
+    """Refresh `token` as `refresh_tokens` does, or wait for whoever holds its lease
+    (a cron run, another request) and use the pair it stores."""
+    deadline = time.monotonic() + LEASE_WAIT
+    while True:
+        report = await maintain_tokens(
+            pks=[token.pk],
+            plan=Plan(refresh_within=None, validate=False),
             source=TokenEvent.Source.SITE,
+            concurrency=1,
         )
-    return True
+        while True:
+            current = await TwitchToken.objects.filter(pk=token.pk).afirst()
+            if current is None or not current.is_usable:
+                raise NoUsableToken("The Twitch connection needs a reconnect.")
+            if report.counts[Outcome.REFRESHED] or (
+                current.refresh_token != token.refresh_token
+            ):
+                return current
+            if report.counts[Outcome.FAILED]:
+                raise twitch.TwitchUnavailable(
+                    current.last_error or "Twitch could not refresh the token."
+                )
+            if current.claimed_until is None or current.claimed_until < timezone.now():
+                break  # the lease is free and nothing changed: refresh it ourselves
+            if time.monotonic() > deadline:
+                raise twitch.TwitchUnavailable(
+                    "The token is being refreshed elsewhere and it is taking too long."
+                )
+            await asyncio.sleep(FLUSH_EVERY)
+
+
+async def _record_validation(token: TwitchToken, info: twitch.TokenInfo) -> None:
+    """What a validation teaches us (login, scopes, expiry) and that it happened."""
+    now = timezone.now()
+    token.login, token.scopes = info.login, info.scopes
+    token.expires_at, token.last_validated_at = expiry(now, None, info), now
+    await TwitchToken.objects.filter(
+        pk=token.pk, twitch_user_id=info.user_id, status=TwitchToken.Status.ACTIVE
+    ).aupdate(
+        login=token.login,
+        scopes=token.scopes,
+        expires_at=token.expires_at,
+        last_validated_at=now,
+    )

@@ -5,19 +5,25 @@ every transport or protocol failure leaves this module as a `TwitchError`, whose
 is safe to show and to log because it never carries a credential. Nothing else in the
 project imports twitchAPI or aiohttp.
 
-twitchAPI 4.5.0 is used where it is safe and complete: `validate_token` (the token
-travels in a header), the `AuthScope` vocabulary and the `Twitch` API client. The
-token and revoke endpoints are called directly, because twitchAPI's helpers put the
-client secret, the code or the token in the URL query string (where proxies and
-access logs keep them) and drop `expires_in` and `scope` from the token response.
-Twitch accepts form bodies (see ../shared/twitch-oauth.md, sections 2 and 4).
+twitchAPI 4.5.0 is used for the `AuthScope` vocabulary and the `Twitch` API client.
+The OAuth endpoints are called directly: twitchAPI's helpers put the client secret,
+the code or the token in the URL query string (where proxies and access logs keep
+them), drop `expires_in` and `scope` from the token response, turn scopes it does not
+know into None, and open sessions with aiohttp's 300-second default timeout. Twitch
+accepts form bodies (see ../shared/twitch-oauth.md, sections 2 to 4).
+
+Twitch's answers are parsed strictly: a field of the wrong type or shape makes the
+answer `TwitchUnavailable` ("Twitch misbehaved; keep what you hold"), never a
+half-read value that could be stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
+import re
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -28,9 +34,8 @@ from typing import Any, TypeVar
 import aiohttp
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
-from twitchAPI.oauth import validate_token as twitchapi_validate_token
 from twitchAPI.twitch import Twitch
-from twitchAPI.type import AuthScope
+from twitchAPI.type import AuthScope, TwitchBackendException
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +97,9 @@ class TokenGrant:
 
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
-    expires_in: int
+    # None when Twitch left it out (old client ids) or sent something unusable:
+    # the expiry must then come from validating the access token.
+    expires_in: int | None
     scopes: list[str]
 
 
@@ -103,8 +110,22 @@ class TokenInfo:
     user_id: str
     login: str
     scopes: list[str]
+    # 0: the token does not expire (Twitch's answer for such tokens).
     expires_in: int
     client_id: str
+
+
+# Twitch logins are 1-25 characters of [a-z0-9_]; user ids are digits. Anything
+# else in a validate answer is not Twitch speaking (or not Twitch as documented).
+LOGIN_RE = re.compile(r"[a-z0-9_]{1,25}")
+USER_ID_RE = re.compile(r"[0-9]{1,20}")
+# Tokens are short printable ASCII strings; this refuses null, empty, non-strings,
+# whitespace and control characters, and anything absurdly long.
+TOKEN_RE = re.compile(r"[\x21-\x7e]{1,512}")
+SCOPE_RE = re.compile(r"[\x21-\x7e]{1,100}")
+# Longer than any token Twitch issues (user tokens: about 4 h, app tokens: about
+# 60 days); a larger expires_in is nonsense and would overflow a datetime.
+MAX_EXPIRES_IN = 366 * 24 * 3600
 
 
 # One HTTP session (and so one keep-alive connection pool) per event loop: aiohttp
@@ -213,55 +234,50 @@ async def refresh(refresh_token: str) -> TokenGrant:
 
 @sensitive_variables()
 async def validate(access_token: str) -> TokenInfo:
+    """Ask Twitch whose token this is, with what scopes, for how long.
+
+    The token travels in a header. Raises `InvalidCredential` when Twitch says the
+    token is dead, `TwitchUnavailable` when Twitch cannot be reached or answers
+    something that is not a valid description of a user token.
+    """
+    url = settings.TWITCH_AUTH_BASE_URL + "validate"
     try:
-        body = await twitchapi_validate_token(
-            access_token,
-            session=http_session(),
-            auth_base_url=settings.TWITCH_AUTH_BASE_URL,
-        )
-    except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+        async with http_session().get(
+            url, headers={"Authorization": f"OAuth {access_token}"}, timeout=TIMEOUT
+        ) as response:
+            status, headers, raw = (
+                response.status,
+                response.headers,
+                await response.read(),
+            )
+    except (TimeoutError, aiohttp.ClientError) as error:
         raise _unavailable("validate", error) from None
-    except (AttributeError, TypeError):
-        # twitchAPI assumes a JSON object; anything else trips it up inside.
-        raise TwitchUnavailable(
-            "Twitch's validate endpoint answered nonsense."
-        ) from None
-    if not isinstance(body, dict):
-        raise TwitchUnavailable("Twitch's validate endpoint answered nonsense.")
-    status = body.get("status", 200)
+    body = _json_or_none(raw)
+    _raise_for_status("validate", status, headers, body, credential_words=())
     if status == 401:
         raise InvalidCredential("Twitch says the access token is invalid.", status=401)
-    if status == 429 or status >= 500:
-        raise TwitchUnavailable(f"Twitch's validate endpoint answered {status}.")
-    if 400 <= status < 500:
-        raise TwitchRejected(
-            f"Twitch's validate endpoint answered {status}: {_message(body)}",
-            status=status,
-        )
-    if "user_id" not in body:
-        raise TwitchUnavailable("Twitch's validate endpoint gave an unexpected answer.")
-    try:
-        return TokenInfo(
-            user_id=str(body["user_id"]),
-            login=str(body.get("login") or ""),
-            # twitchAPI maps scopes to AuthScope and unknown ones to None.
-            scopes=[scope.value for scope in body.get("scopes") or [] if scope],
-            expires_in=int(body.get("expires_in") or 0),
-            client_id=str(body.get("client_id") or ""),
-        )
-    except (TypeError, ValueError, AttributeError):
-        raise TwitchUnavailable(
-            "Twitch's validate endpoint answered nonsense."
-        ) from None
+    return _token_info(body)
+
+
+class RevokeResult(enum.Enum):
+    ENDED = "ended"  # Twitch ended the access token
+    ALREADY_INVALID = "already invalid"  # Twitch did nothing: it was dead already
 
 
 @sensitive_variables()
-async def revoke(access_token: str) -> None:
-    await _post_form(
-        "revoke",
-        {"client_id": settings.TWITCH_CLIENT_ID, "token": access_token},
-        credential_words=("token",),
-    )
+async def revoke(access_token: str) -> RevokeResult:
+    """Ask Twitch to end an access token. Its refresh token may survive: Twitch's
+    documentation promises nothing about it (twitch-oauth.md, section 8)."""
+    try:
+        await _post_form(
+            "revoke",
+            {"client_id": settings.TWITCH_CLIENT_ID, "token": access_token},
+            credential_words=("token",),
+            expect_json=False,
+        )
+    except InvalidCredential:
+        return RevokeResult.ALREADY_INVALID
+    return RevokeResult.ENDED
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
@@ -286,16 +302,57 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -
     raise AssertionError("unreachable")
 
 
+# Given the access and refresh token a client holds, return the pair it should use
+# now. The site's implementation refreshes through its leased path, so there is
+# one refresher per grant (services.twitch_for).
+Renew = Callable[[str, str], Awaitable[tuple[str, str]]]
+
+
+class UserClient(Twitch):
+    """twitchAPI's `Twitch`, changed in two ways for a site that holds tokens.
+
+    Refreshing is the site's job: twitchAPI would refresh on any 401 by itself, with
+    the refresh token it was given, on a session without our timeout, and leave its
+    refresh lock held when that fails (so the next call waits forever). Here a 401
+    asks `renew` instead, under an asyncio lock that is always released. And transport
+    failures and Twitch's 5xx answers leave as `TwitchUnavailable`.
+
+    This overrides twitchAPI 4.5.0's `refresh_used_token` and `_api_request`; the
+    version is pinned in requirements.txt.
+    """
+
+    renew: Renew
+
+    async def refresh_used_token(self) -> None:
+        if not self._has_user_auth:
+            await super().refresh_used_token()
+            return
+        if not hasattr(self, "_renewing"):
+            self._renewing = asyncio.Lock()
+        async with self._renewing:
+            self._user_auth_token, self._user_auth_refresh_token = await self.renew(
+                self._user_auth_token, self._user_auth_refresh_token
+            )
+
+    async def _api_request(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        try:
+            return await super()._api_request(*args, **kwargs)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _unavailable("Helix", error) from None
+        except TwitchBackendException:
+            raise TwitchUnavailable("Twitch's Helix API failed (5xx).") from None
+
+
 @sensitive_variables()
 async def user_client(
-    *,
-    access_token: str,
-    refresh_token: str,
-    scopes: list[str],
-    on_refresh: Callable[[str, str], Awaitable[None]],
-) -> Twitch:
-    """A twitchAPI `Twitch` acting as one user, with our URLs, timeout and scopes."""
-    twitch = await Twitch(
+    *, access_token: str, refresh_token: str, scopes: list[str], renew: Renew
+) -> UserClient:
+    """A twitchAPI client acting as one user, with our URLs, timeout and scopes.
+
+    The caller has validated the token; twitchAPI's own validation is skipped (it
+    would use a session without our timeout, and refresh behind the site's back).
+    """
+    client = await UserClient(
         settings.TWITCH_CLIENT_ID,
         settings.TWITCH_CLIENT_SECRET,
         authenticate_app=False,
@@ -303,44 +360,33 @@ async def user_client(
         auth_base_url=settings.TWITCH_AUTH_BASE_URL,
         session_timeout=TIMEOUT,
     )
-    twitch.user_auth_refresh_callback = on_refresh
+    client.renew = renew
+    # Scopes twitchAPI does not know (openid, newer ones) cannot be named to it.
     known = [AuthScope(scope) for scope in scopes if scope in KNOWN_SCOPES]
-    try:
-        await twitch.set_user_authentication(access_token, known, refresh_token)
-    except Exception as error:
-        raise _translate_twitchapi(error) from None
-    return twitch
-
-
-def _translate_twitchapi(error: Exception) -> TwitchError:
-    from twitchAPI.type import (
-        InvalidRefreshTokenException,
-        InvalidTokenException,
-        MissingScopeException,
-        UnauthorizedException,
+    await client.set_user_authentication(
+        access_token, known, refresh_token, validate=False
     )
-
-    if isinstance(error, InvalidRefreshTokenException | InvalidTokenException):
-        return InvalidCredential("Twitch says the token is invalid.", status=401)
-    if isinstance(error, UnauthorizedException):
-        return InvalidCredential("Twitch says the token is unauthorized.", status=401)
-    if isinstance(error, MissingScopeException):
-        return TwitchRejected("The token lacks a required scope.", status=403)
-    return _unavailable("api", error)
+    return client
 
 
 @sensitive_variables()
 async def _post_form(
-    endpoint: str, form: dict[str, str], *, credential_words: tuple[str, ...]
+    endpoint: str,
+    form: dict[str, str],
+    *,
+    credential_words: tuple[str, ...],
+    expect_json: bool = True,
 ) -> dict[str, Any]:
     """POST a form to an id.twitch.tv endpoint and return its JSON body (or {})."""
     url = settings.TWITCH_AUTH_BASE_URL + endpoint
     started = time.monotonic()
     try:
-        async with http_session().post(url, data=form) as response:
-            status = response.status
-            headers = response.headers
-            raw = await response.read()
+        async with http_session().post(url, data=form, timeout=TIMEOUT) as response:
+            status, headers, raw = (
+                response.status,
+                response.headers,
+                await response.read(),
+            )
     except (TimeoutError, aiohttp.ClientError) as error:
         raise _unavailable(endpoint, error) from None
     logger.debug(
@@ -349,51 +395,133 @@ async def _post_form(
         status,
         (time.monotonic() - started) * 1000,
     )
+    body = _json_or_none(raw)
+    if not expect_json and 200 <= status < 300:
+        return {}  # success says it all; the body does not matter
+    _raise_for_status(endpoint, status, headers, body, credential_words)
+    if not isinstance(body, dict):
+        raise TwitchUnavailable(
+            f"Twitch's {endpoint} endpoint answered {status} with a body that is "
+            "not a JSON object."
+        )
+    return body
+
+
+def _json_or_none(raw: bytes) -> Any:
+    """The JSON value of a body: {} for an empty one, None for one that is not JSON."""
+    if not raw.strip():
+        return {}
     try:
-        body = json.loads(raw) if raw.strip() else {}
+        return json.loads(raw)
     except ValueError:
-        body = None
+        return None
+
+
+def _raise_for_status(
+    endpoint: str,
+    status: int,
+    headers: Any,
+    body: Any,
+    credential_words: tuple[str, ...],
+) -> None:
+    """Turn Twitch's failures into our exceptions; the HTTP status decides, never
+    a "status" field in the body (which may say anything)."""
     if status == 429:
         raise TwitchUnavailable(
             f"Twitch's {endpoint} endpoint is rate limiting us.",
             retry_after=_retry_after(headers),
             rate_limited=True,
         )
-    if status >= 500:
+    if status >= 500 or status < 200 or 300 <= status < 400:
         raise TwitchUnavailable(f"Twitch's {endpoint} endpoint answered {status}.")
-    if not isinstance(body, dict):
-        raise TwitchUnavailable(
-            f"Twitch's {endpoint} endpoint answered {status} with a body that is "
-            "not JSON."
-        )
     if status >= 400:
         message = _message(body)
         text = f"Twitch's {endpoint} endpoint answered {status}: {message}"
+        if status == 401 and endpoint == "validate":
+            return  # the caller's to say
         if status in (400, 401) and any(w in message.lower() for w in credential_words):
             raise InvalidCredential(text, status=status)
         raise TwitchRejected(text, status=status)
-    return body
 
 
 def _token_grant(body: dict[str, Any]) -> TokenGrant:
-    try:
-        scope = body.get("scope") or []
-        # Twitch sends an array in practice; its docs also show a string.
-        scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope]
-        return TokenGrant(
-            access_token=str(body["access_token"]),
-            refresh_token=str(body["refresh_token"]),
-            expires_in=int(body["expires_in"]),
-            scopes=scopes,
-        )
-    except (KeyError, TypeError, ValueError):
+    access_token = body.get("access_token")
+    refresh_token = body.get("refresh_token")
+    if not _is_token(access_token) or not _is_token(refresh_token):
         raise TwitchUnavailable(
-            "Twitch's token endpoint answered without a complete token."
-        ) from None
+            "Twitch's token endpoint answered without a usable token pair."
+        )
+    # Twitch leaves `scope` out when there are none; it sends an array in
+    # practice, and its docs also show a space-separated string.
+    return TokenGrant(
+        access_token=access_token,
+        refresh_token=refresh_token,
+        expires_in=_expires_in(body.get("expires_in"), allow_zero=False),
+        scopes=_scopes(body.get("scope"), endpoint="token"),
+    )
 
 
-def _message(body: dict[str, Any]) -> str:
-    return str(body.get("message") or body.get("error") or "no message")[:120]
+def _token_info(body: Any) -> TokenInfo:
+    nonsense = TwitchUnavailable("Twitch's validate endpoint answered nonsense.")
+    if not isinstance(body, dict):
+        raise nonsense
+    login, user_id, client_id = (
+        body.get("login"),
+        body.get("user_id"),
+        body.get("client_id"),
+    )
+    expires_in = _expires_in(body.get("expires_in"), allow_zero=True)
+    if (
+        not isinstance(login, str)
+        or not LOGIN_RE.fullmatch(login)
+        or not isinstance(user_id, str)
+        or not USER_ID_RE.fullmatch(user_id)
+        or not isinstance(client_id, str)
+        or expires_in is None
+    ):
+        raise nonsense
+    if client_id != settings.TWITCH_CLIENT_ID:
+        raise TwitchUnavailable("Twitch validated a token of another application.")
+    return TokenInfo(
+        user_id=user_id,
+        login=login,
+        # `null` when the token has no scopes.
+        scopes=_scopes(body.get("scopes"), endpoint="validate"),
+        expires_in=expires_in,
+        client_id=client_id,
+    )
+
+
+def _is_token(value: object) -> bool:
+    return isinstance(value, str) and TOKEN_RE.fullmatch(value) is not None
+
+
+def _expires_in(value: object, *, allow_zero: bool) -> int | None:
+    """A lifetime in whole seconds, or None when absent or unusable."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value or not (0 if allow_zero else 1) <= value <= MAX_EXPIRES_IN:
+        return None  # NaN, negative, or beyond any real token's life
+    return int(value)
+
+
+def _scopes(value: object, *, endpoint: str) -> list[str]:
+    if value is None:
+        return []
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(
+        isinstance(scope, str) and SCOPE_RE.fullmatch(scope) for scope in items
+    ):
+        raise TwitchUnavailable(f"Twitch's {endpoint} endpoint sent unreadable scopes.")
+    return list(dict.fromkeys(items))
+
+
+def _message(body: Any) -> str:
+    if not isinstance(body, dict):
+        return "no message"
+    text = str(body.get("message") or body.get("error") or "no message")
+    # Only printable text, briefly: it ends up in logs, admin pages and messages.
+    return "".join(c for c in text if c.isprintable())[:120]
 
 
 def _retry_after(headers: Any) -> float | None:

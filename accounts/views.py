@@ -130,6 +130,14 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "again in a minute.",
             status=502,
         )
+    except DatabaseError:
+        logger.exception("could not store a new Twitch connection")
+        return await _failure(
+            request,
+            "This site could not save your Twitch connection just now, so nothing "
+            "was changed. Please try again in a minute.",
+            status=502,
+        )
     messages.success(request, f"Connected as {token.login} on Twitch.")
     return HttpResponseRedirect(next_url)
 
@@ -145,15 +153,31 @@ async def disconnect(request: HttpRequest) -> HttpResponse:
     outcome = await services.revoke_token(
         token=token, source=TokenEvent.Source.USER, actor=user
     )
+    # Say exactly what happened: Twitch's revoke ends an access token, and it
+    # promises nothing about the refresh token (which we no longer hold).
+    remove_at_twitch = (
+        "To remove this site from your Twitch account altogether, disconnect it "
+        "under Connections in your Twitch settings."
+    )
     if outcome is services.RevokeOutcome.REVOKED_LOCALLY:
         messages.warning(
             request,
-            f"Disconnected {token.login}: this site no longer holds its token, but "
-            "Twitch could not be told. To be sure, remove this site under Connections "
-            "in your Twitch settings.",
+            f"Disconnected {token.login}: this site deleted its tokens, but Twitch "
+            f"could not be reached to end them. {remove_at_twitch}",
+        )
+    elif outcome is services.RevokeOutcome.ALREADY_INVALID:
+        messages.success(
+            request,
+            f"Disconnected {token.login}: this site deleted its tokens. Twitch had "
+            f"already ended the access token, so there was nothing to end there. "
+            f"{remove_at_twitch}",
         )
     else:
-        messages.success(request, f"Disconnected {token.login}.")
+        messages.success(
+            request,
+            f"Disconnected {token.login}: Twitch ended this site's access token and "
+            f"this site deleted its tokens. {remove_at_twitch}",
+        )
     return HttpResponseRedirect("/")
 
 

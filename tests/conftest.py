@@ -44,12 +44,14 @@ def sandbox() -> Iterator[Sandbox]:
 
 
 @pytest.fixture(autouse=True)
-def twitch_settings(sandbox: Sandbox, settings) -> Sandbox:
-    """Every test starts with a fresh sandbox that the site talks to."""
+def twitch_settings(sandbox: Sandbox, settings, tmp_path: Path) -> Sandbox:
+    """Every test starts with a fresh sandbox that the site talks to, and an empty
+    token spool of its own."""
     sandbox.reset()
     sandbox.redirect_uris[:] = [REDIRECT_URI]
     settings.TWITCH_AUTH_BASE_URL = sandbox.auth_base_url
     settings.TWITCH_API_BASE_URL = sandbox.api_base_url
+    settings.TOKEN_SPOOL_DIR = tmp_path / "spool"
     return sandbox
 
 
@@ -177,6 +179,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def process_env(sandbox: Sandbox, **extra: str) -> dict[str, str]:
+    """The environment for a site process a test starts: same database, sandbox,
+    keys and spool as the test itself."""
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        DATABASE_URL=database_url(),
+        TWITCH_AUTH_BASE_URL=sandbox.auth_base_url,
+        TWITCH_API_BASE_URL=sandbox.api_base_url,
+        TOKEN_ENCRYPTION_KEYS=",".join(django_settings.TOKEN_ENCRYPTION_KEYS),
+        TOKEN_SPOOL_DIR=str(django_settings.TOKEN_SPOOL_DIR),
+        **extra,
+    )
+
+
 def database_url() -> str:
     """The test database, for processes the tests start (they see committed rows)."""
     db = connection.settings_dict
@@ -191,15 +208,10 @@ def site(sandbox: Sandbox) -> Iterator[str]:
     port = free_port()
     base = f"http://localhost:{port}"
     sandbox.redirect_uris[:] = [f"{base}/twitch/callback/"]
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="tests.settings",
-        DATABASE_URL=database_url(),
+    env = process_env(
+        sandbox,
         ALLOWED_HOSTS="localhost",
         TWITCH_REDIRECT_URI=f"{base}/twitch/callback/",
-        TWITCH_AUTH_BASE_URL=sandbox.auth_base_url,
-        TWITCH_API_BASE_URL=sandbox.api_base_url,
-        TOKEN_ENCRYPTION_KEYS=",".join(django_settings.TOKEN_ENCRYPTION_KEYS),
     )
     server = subprocess.Popen(
         [

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
 from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
-from tests.conftest import BASE_DIR, database_url, make_token
+from tests.conftest import BASE_DIR, make_token, process_env
 
 pytestmark = pytest.mark.django_db
 
@@ -272,14 +270,7 @@ def test_four_runs_at_once_refresh_each_token_exactly_once(django_user_model, sa
         for n in range(40)
     ]
     sandbox.set_latency(0.05)
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="twitchauth_site.settings",
-        DATABASE_URL=database_url(),
-        TWITCH_AUTH_BASE_URL=sandbox.auth_base_url,
-        TWITCH_API_BASE_URL=sandbox.api_base_url,
-        TOKEN_ENCRYPTION_KEYS=",".join(settings.TOKEN_ENCRYPTION_KEYS),
-    )
+    env = process_env(sandbox)
     command = [sys.executable, "manage.py", "refresh_tokens", "--concurrency", "4"]
     runs = [
         subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+import sys
+import time
 from datetime import timedelta
 
+import aiohttp
 import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 from twitchAPI.helper import first
+from twitchAPI.type import UnauthorizedException
 
-from accounts import signals
+from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.services import NoUsableToken, twitch_for
-from tests.conftest import make_token
+from tests.conftest import BASE_DIR, connect_twitch, make_token, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,27 +91,169 @@ async def test_twitch_for_refuses_a_connection_that_is_not_active(
             pass
 
 
-async def test_twitch_for_refuses_a_token_twitch_no_longer_accepts(alice, sandbox):
+async def test_a_dead_grant_is_refused_and_marked_needs_reconnect_at_once(
+    alice, sandbox
+):
+    token = await amake_token(alice, sandbox)
+    sandbox.disconnect_user("alice")  # the user removed the app on Twitch
+    heard = []
+
+    async def on_needs_reconnect(sender, token, **kwargs):
+        heard.append(token.pk)
+
+    signals.token_needs_reconnect.connect(on_needs_reconnect)
+    try:
+        with pytest.raises(NoUsableToken):
+            async with twitch_for(alice):
+                pass
+    finally:
+        signals.token_needs_reconnect.disconnect(on_needs_reconnect)
+
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.status == TwitchToken.Status.NEEDS_RECONNECT
+    assert stored.claimed_until is None
+    assert heard == [token.pk]
+    assert await TokenEvent.objects.filter(
+        action="refresh", outcome="rejected", source="site"
+    ).aexists()
+
+
+async def test_a_grant_that_dies_mid_use_raises_no_usable_token_from_the_call(
+    alice, sandbox
+):
+    token = await amake_token(alice, sandbox)
+    async with twitch_for(alice) as client:
+        sandbox.disconnect_user("alice")
+        with pytest.raises(NoUsableToken):
+            await first(client.get_users())
+
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.status == TwitchToken.Status.NEEDS_RECONNECT
+
+
+@pytest.fixture
+def short_timeout(monkeypatch):
+    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
+    monkeypatch.setattr(twitch, "RETRY_BASE_DELAY", 0.01)
+
+
+async def test_a_hung_helix_raises_twitch_unavailable_within_the_timeout(
+    alice, sandbox, short_timeout
+):
     await amake_token(alice, sandbox)
-    sandbox.disconnect_user("alice")
-    with pytest.raises(NoUsableToken):
+    async with twitch_for(alice) as client:
+        sandbox.hang("users")
+        started = time.monotonic()
+        with pytest.raises(twitch.TwitchUnavailable):
+            await first(client.get_users())
+    assert time.monotonic() - started < 2
+
+
+async def test_a_hung_twitch_at_the_start_raises_twitch_unavailable(
+    alice, sandbox, short_timeout
+):
+    await amake_token(alice, sandbox)
+    sandbox.hang("validate")
+    started = time.monotonic()
+    with pytest.raises(twitch.TwitchUnavailable):
         async with twitch_for(alice):
             pass
+    assert time.monotonic() - started < 2
+
+
+async def test_a_call_after_a_failed_refresh_does_not_hang(
+    alice, sandbox, short_timeout
+):
+    # twitchAPI 4.5.0 leaves its refresh lock held when a refresh fails, and the
+    # next call then waits forever.
+    token = await amake_token(alice, sandbox)
+    async with twitch_for(alice) as client:
+        sandbox.expire_access_tokens("alice")
+        sandbox.fail("token", status=503, times=3)
+        with pytest.raises(twitch.TwitchUnavailable):
+            await asyncio.wait_for(first(client.get_users()), 5)
+
+        me = await asyncio.wait_for(first(client.get_users()), 5)
+
+    assert me.login == "alice"
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.status == TwitchToken.Status.ACTIVE
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+
+
+async def test_a_401_for_a_valid_token_does_not_refresh_it(alice, sandbox):
+    # Helix answers 401 for a missing scope too; refreshing would not help.
+    token = await amake_token(alice, sandbox)
+    unauthorized = {"error": "Unauthorized", "status": 401, "message": "Missing scope"}
+    async with twitch_for(alice) as client:
+        sandbox.fail("users", status=401, body=unauthorized, times=2)
+        with pytest.raises(UnauthorizedException):
+            await first(client.get_users())
+
+    assert sandbox.count("token", grant_type="refresh_token") == 0
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.refresh_token == token.refresh_token
 
 
 async def test_a_refresh_mid_use_does_not_overwrite_a_reconnected_account(
     alice, alice_client, sandbox
 ):
-    from tests.conftest import connect_twitch
-
     await connect_twitch(alice_client, login="alice")
     async with twitch_for(alice) as client:
         # The user reconnects as another Twitch account while a bot holds a client.
         await connect_twitch(alice_client, login="otheraccount")
         sandbox.expire_access_tokens("alice")
-        await first(client.get_users())  # twitchAPI refreshes alice's token
+        with pytest.raises(NoUsableToken):
+            await first(client.get_users())
 
     stored = await TwitchToken.objects.aget(user=alice)
     assert stored.login == "otheraccount"
     assert sandbox.user_for_access_token(stored.access_token).login == "otheraccount"
     assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert sandbox.count("token", grant_type="refresh_token") == 0
+
+
+async def test_site_code_and_a_cron_run_never_present_one_refresh_token_twice(
+    alice, sandbox
+):
+    # Under Twitch's rules, presenting a rotated refresh token again ends the whole
+    # grant: the cron run (another process) and site code must take turns.
+    token = await amake_token(alice, sandbox, expires_in=120)
+    sandbox.set_latency(1.0, endpoint="token")
+    cron = subprocess.Popen(
+        [sys.executable, "manage.py", "refresh_tokens", "--no-validate"],
+        cwd=BASE_DIR,
+        env=process_env(sandbox),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        await _until(lambda: _claimed(token.pk), timeout=20)
+        async with twitch_for(alice) as client:
+            me = await first(client.get_users())
+    finally:
+        output = cron.communicate(timeout=60)[0].decode()
+
+    assert cron.returncode == 0, output
+    assert me.login == "alice"
+    presented = [
+        r.form["refresh_token"]
+        for r in sandbox.requests
+        if r.endpoint == "token" and r.grant_type == "refresh_token"
+    ]
+    assert len(presented) == len(set(presented)) == 1
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.status == TwitchToken.Status.ACTIVE
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert client.get_user_auth_token() == stored.access_token
+
+
+async def _claimed(pk: int) -> bool:
+    token = await TwitchToken.objects.aget(pk=pk)
+    return token.claimed_until is not None
+
+
+async def _until(condition, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)

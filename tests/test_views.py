@@ -417,8 +417,46 @@ async def test_disconnect_revokes_at_twitch_and_forgets_the_secrets(
     assert token.status == TwitchToken.Status.REVOKED
     assert token.access_token == "" and token.refresh_token == ""
     home = page(await alice_client.get("/"))
-    assert "Disconnected alicestreams." in home
+    assert (
+        "Disconnected alicestreams: Twitch ended this site's access token and this "
+        "site deleted its tokens." in home
+    )
+    assert "disconnect it under Connections in your Twitch settings" in home
     assert "Connect Twitch" in home
+    # Twitch's revoke ends the access token only; the site no longer holds the
+    # refresh token that survives it, which is what the message says.
+    assert sandbox.live_tokens("alicestreams").access == []
+
+
+async def test_disconnect_says_when_twitch_had_nothing_left_to_revoke(
+    alice_client, sandbox
+):
+    await connect_twitch(alice_client, login="alicestreams")
+    sandbox.expire_access_tokens("alicestreams")
+
+    await alice_client.post("/twitch/disconnect/")
+
+    token = await TwitchToken.objects.aget()
+    assert token.status == TwitchToken.Status.REVOKED
+    assert token.access_token == "" and token.refresh_token == ""
+    event = await TokenEvent.objects.filter(action="revoke").aget()
+    assert event.outcome == TokenEvent.Outcome.REJECTED
+    assert "already invalid" in event.detail
+    home = page(await alice_client.get("/"))
+    assert "Twitch had already ended the access token" in home
+    assert "Twitch ended this site's access token" not in home
+
+
+async def test_a_revoke_answered_200_without_json_counts_as_revoked(
+    alice_client, sandbox
+):
+    await connect_twitch(alice_client, login="alicestreams")
+    sandbox.fail("revoke", status=200, body="OK", times=1)
+
+    await alice_client.post("/twitch/disconnect/")
+
+    event = await TokenEvent.objects.filter(action="revoke").aget()
+    assert event.outcome == TokenEvent.Outcome.SUCCEEDED
 
 
 async def test_disconnect_with_twitch_down_still_forgets_the_token(
@@ -435,7 +473,7 @@ async def test_disconnect_with_twitch_down_still_forgets_the_token(
     event = await TokenEvent.objects.filter(action="revoke").aget()
     assert event.outcome == TokenEvent.Outcome.UNAVAILABLE
     home = page(await alice_client.get("/"))
-    assert "Twitch could not be told" in home
+    assert "Twitch could not be reached to end them" in home
 
 
 async def test_disconnect_with_nothing_connected_says_so(alice_client, sandbox):

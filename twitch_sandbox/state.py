@@ -383,7 +383,13 @@ class OAuthState:
             # Only access tokens can be revoked here; a refresh token is as
             # unknown to this endpoint as garbage.
             access = self._access.get(token) if token else None
-            if access is None or not access.alive or access.client_id != client_id:
+            # An expired token is as invalid here as a revoked one: Twitch's 400
+            # "Invalid token" means it did nothing.
+            if (
+                access is None
+                or not access.is_valid(time.time())
+                or access.client_id != client_id
+            ):
                 raise Rejected(400, "Invalid token")
             # The docs are silent about the refresh token; it stays valid so
             # that the site wiping its own copy is what protects the user.

@@ -137,6 +137,10 @@ if DEBUG and not TOKEN_ENCRYPTION_KEYS:
         base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()
     ]
 
+# Where the refresh engine notes token pairs Twitch issued before the database has
+# stored them (accounts/spool.py). Local to each machine; readable by the owner only.
+TOKEN_SPOOL_DIR = env.path("TOKEN_SPOOL_DIR", default=BASE_DIR / "token-spool")
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

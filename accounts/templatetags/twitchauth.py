@@ -12,7 +12,7 @@ register = template.Library()
 def expires_in(moment: datetime | None) -> str:
     """'in 3 h 12 min', 'in 40 s' or 'expired 5 min ago' (compact, for tables)."""
     if moment is None:
-        return "unknown"
+        return "never"  # Twitch said the token does not expire
     seconds = int((moment - timezone.now()).total_seconds())
     text = _duration(abs(seconds))
     return f"in {text}" if seconds > 0 else f"expired {text} ago"

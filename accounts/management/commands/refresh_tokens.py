@@ -1,8 +1,10 @@
 """Keep every Twitch token alive: refresh those about to expire, validate hourly.
 
 Twitch user tokens expire after about four hours and Twitch requires apps to validate
-the tokens they keep every hour. Run this from cron every 10-15 minutes; overlapping
-runs, and runs on several machines, are safe: each token is handled by one run.
+the tokens they keep at least once an hour. Run this from cron every 10-15 minutes: a
+token is validated once 40 minutes have passed since its last validation, so no token
+goes more than an hour without one. Overlapping runs, and runs on several machines,
+are safe: each token is handled by one run.
 
 Exit status: 0 when every selected token was handled (a token that needs its user to
 reconnect counts as handled), 1 when transient failures remain (they are retried on
@@ -17,17 +19,22 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.utils import timezone
 
 from accounts import services, twitch
 from accounts.models import TokenEvent, TwitchToken
 
+# Tokens live hours; a year covers any real use and stays far from date overflow.
+MAX_WITHIN = 366 * 24 * 60
+
 
 class Command(BaseCommand):
     help = (
         "Refresh active Twitch tokens that expire soon and validate those not "
-        "validated in the last hour. Exit status: 0 all handled, 1 transient "
-        "failures remain (retried next run), 2 bad arguments."
+        "validated in the last 40 minutes (run it every 10-15 minutes). Exit "
+        "status: 0 all handled, 1 transient failures remain (retried next run), "
+        "2 bad arguments."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -79,8 +86,11 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["within"] < 0:
-            raise CommandError("--within must be 0 or more minutes.", returncode=2)
+        if not 0 <= options["within"] <= MAX_WITHIN:
+            raise CommandError(
+                f"--within must be between 0 and {MAX_WITHIN} minutes (a year).",
+                returncode=2,
+            )
         if not 1 <= options["concurrency"] <= 500:
             raise CommandError("--concurrency must be between 1 and 500.", returncode=2)
         plan = services.Plan(
@@ -99,14 +109,22 @@ class Command(BaseCommand):
             return
 
         progress = self._progress_bar(len(pks)) if self._interactive(options) else None
-        report = twitch.run_sync(
-            services.maintain_tokens,
-            pks=pks,
-            plan=plan,
-            source=TokenEvent.Source.COMMAND,
-            concurrency=options["concurrency"],
-            progress=progress,
-        )
+        try:
+            report = twitch.run_sync(
+                services.maintain_tokens,
+                pks=pks,
+                plan=plan,
+                source=TokenEvent.Source.COMMAND,
+                concurrency=options["concurrency"],
+                progress=progress,
+            )
+        except DatabaseError as error:
+            raise CommandError(
+                f"The database refused writes ({type(error).__name__}). Token pairs "
+                "Twitch already issued are kept in TOKEN_SPOOL_DIR; the next run "
+                "stores them before anything else.",
+                returncode=1,
+            ) from None
         if progress is not None:
             self.stdout.write("")
         if options["json"]:
@@ -114,10 +132,18 @@ class Command(BaseCommand):
         else:
             style = self.style.SUCCESS if report.handled_all else self.style.WARNING
             self.stdout.write(style(report.summary()))
+        if report.undecryptable:
+            self.stderr.write(
+                f"{report.undecryptable} token(s) cannot decrypt: check "
+                "TOKEN_ENCRYPTION_KEYS (was a key removed before rotate_token_keys?)."
+            )
         if not report.handled_all:
+            failed = report.counts[services.Outcome.FAILED] - report.undecryptable
             raise CommandError(
-                f"{report.counts[services.Outcome.FAILED]} token(s) could not be "
-                "handled because Twitch failed; the next run retries them.",
+                f"{failed} token(s) could not be handled because Twitch failed; "
+                "the next run retries them."
+                if failed
+                else "Some tokens cannot decrypt: check TOKEN_ENCRYPTION_KEYS.",
                 returncode=1,
             )
 
