@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
 from django.utils import timezone
 
 from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
-from tests.conftest import BASE_DIR, make_token, process_env
+from tests.conftest import BASE_DIR, database_url, make_token, process_env
 
 pytestmark = pytest.mark.django_db
 
@@ -397,3 +402,258 @@ def test_an_undecryptable_token_fails_without_stopping_the_others(
     settings.TOKEN_ENCRYPTION_KEYS = [new_key, old_key]  # the key comes back...
     restored = TwitchToken.objects.get(pk=lost.pk)  # ...and so does the token
     assert sandbox.is_refresh_token_valid(restored.refresh_token)
+
+
+# --- Twitch as strict and odd as it really is ---------------------------------------
+
+FAKE_ACCESS, FAKE_REFRESH = "a" * 30, "b" * 50
+# Answers that are no token pair: retried like any nonsense, three attempts in all.
+UNUSABLE_ANSWERS = {
+    "access-token-null": {"access_token": None, "refresh_token": FAKE_REFRESH},
+    "access-token-empty": {"access_token": "", "refresh_token": FAKE_REFRESH},
+    "refresh-token-number": {"access_token": FAKE_ACCESS, "refresh_token": 12345},
+    "refresh-token-missing": {"access_token": FAKE_ACCESS, "expires_in": 14400},
+    "token-with-nul": {"access_token": "ab\u0000cd", "refresh_token": FAKE_REFRESH},
+    "a-list": [1, 2, 3],
+}
+# Well-formed tokens with a useless lifetime: validating the access token says
+# whether Twitch really issued them (here it did not), so they are not retried.
+USELESS_LIFETIMES = {"expires-in-huge": 1e15, "expires-in-negative": -5}
+USELESS_LIFETIMES["expires-in-a-string"] = "soon"
+MALFORMED_ANSWERS = {
+    **{name: (body, 3) for name, body in UNUSABLE_ANSWERS.items()},
+    **{
+        name: (
+            {
+                "access_token": FAKE_ACCESS,
+                "refresh_token": FAKE_REFRESH,
+                "expires_in": lifetime,
+            },
+            1,
+        )
+        for name, lifetime in USELESS_LIFETIMES.items()
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("answer", "times"), MALFORMED_ANSWERS.values(), ids=MALFORMED_ANSWERS
+)
+def test_a_malformed_token_answer_costs_only_that_token(
+    django_user_model, sandbox, answer, times
+):
+    first, *others = [
+        expiring(
+            make_token(django_user_model.objects.create_user(f"u{n}"), sandbox),
+            minutes=10 + n,
+        )
+        for n in range(3)
+    ]
+    sandbox.fail("token", status=200, body=answer, times=times)
+
+    with pytest.raises(CommandError) as failed:
+        refresh_tokens("--no-validate", "--concurrency", "1")
+
+    assert failed.value.returncode == 1
+    stored = TwitchToken.objects.get(pk=first.pk)
+    assert stored.refresh_token == first.refresh_token
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert stored.status == TwitchToken.Status.ACTIVE and stored.last_error
+    for token in others:
+        token.refresh_from_db()
+        assert sandbox.is_refresh_token_valid(token.refresh_token)
+        assert token.last_refreshed_at is not None
+    assert not TwitchToken.objects.filter(claimed_until__isnull=False).exists()
+
+
+def test_an_error_while_storing_one_result_keeps_every_other_rotated_token(
+    alice, bob, sandbox, monkeypatch
+):
+    from accounts import services
+
+    alices, bobs = (
+        expiring(make_token(alice, sandbox)),
+        expiring(make_token(bob, sandbox)),
+    )
+    decide = services._decide
+
+    def decide_but_choke_on_alice(result, **kwargs):
+        if result.token.pk == alices.pk:
+            raise RuntimeError("a bug while storing")
+        return decide(result, **kwargs)
+
+    monkeypatch.setattr(services, "_decide", decide_but_choke_on_alice)
+    with pytest.raises(CommandError):
+        refresh_tokens("--no-validate")
+
+    bobs.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(bobs.refresh_token)
+    assert bobs.claimed_until is None
+    # Alice's new pair could not be written: it waits in the spool, and her lease
+    # stays so nobody presents her old refresh token meanwhile.
+    assert list(settings.TOKEN_SPOOL_DIR.glob("*.spool"))
+    alices.refresh_from_db()
+    assert alices.claimed_until is not None
+
+    monkeypatch.undo()
+    refresh_tokens("--no-validate")  # the next run stores it before anything else
+
+    alices.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(alices.refresh_token)
+    assert alices.status == TwitchToken.Status.ACTIVE
+    assert alices.claimed_until is None
+    assert sandbox.count("token", grant_type="refresh_token") == 2
+    assert not list(settings.TOKEN_SPOOL_DIR.glob("*.spool"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rotated_tokens_survive_kill_9_while_the_database_refuses_writes(
+    django_user_model, sandbox
+):
+    tokens = [
+        expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
+        for n in range(10)
+    ]
+    sandbox.set_latency(1.0, endpoint="token")
+    command = [sys.executable, "manage.py", "refresh_tokens", "--no-validate"]
+    run = subprocess.Popen(command, cwd=BASE_DIR, env=process_env(sandbox))
+    try:
+        _wait_for(
+            lambda: (
+                TwitchToken.objects.filter(claimed_until__isnull=False).count() == 10
+            )
+        )
+        with database_write_lock():
+            _wait_for(lambda: sandbox.count("token") == 10)  # Twitch has answered
+            time.sleep(0.5)  # the run holds the pairs and cannot store them
+            run.send_signal(signal.SIGKILL)
+            run.wait(timeout=10)
+            assert (
+                TwitchToken.objects.filter(last_refreshed_at__isnull=False).count() == 0
+            )
+    finally:
+        if run.poll() is None:
+            run.kill()
+    sandbox.set_latency(0)
+
+    output = refresh_tokens("--no-validate")  # the next run, as cron starts it
+
+    assert output.startswith("refreshed 0,")  # nothing left to refresh
+    for token in tokens:
+        stored = TwitchToken.objects.get(pk=token.pk)
+        assert stored.status == TwitchToken.Status.ACTIVE
+        assert stored.refresh_token != token.refresh_token
+        assert sandbox.is_refresh_token_valid(stored.refresh_token)
+        assert stored.claimed_until is None
+    presented = [
+        r.form["refresh_token"] for r in sandbox.requests if r.endpoint == "token"
+    ]
+    assert len(presented) == len(set(presented)) == 10
+    assert TokenEvent.objects.filter(detail__contains="spool").count() == 10
+
+
+@contextlib.contextmanager
+def database_write_lock():
+    """Another connection holds the write lock, as a long transaction would."""
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(database_url()) as holder:
+            holder.execute(
+                "LOCK TABLE accounts_twitchtoken IN SHARE ROW EXCLUSIVE MODE"
+            )
+            yield
+            holder.rollback()
+
+
+def _wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("every", [10, 15])
+def test_with_cron_every_10_or_15_minutes_no_token_goes_an_hour_unvalidated(
+    django_user_model, sandbox, every
+):
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as clock:
+        for n in range(6):
+            # Tokens connected at different moments of the cron cycle.
+            make_token(django_user_model.objects.create_user(f"u{n}"), sandbox)
+            clock.shift(timedelta(minutes=every / 6))
+        for _ in range(6 * 60 // every):
+            refresh_tokens()
+            clock.shift(timedelta(minutes=every))
+
+    validations: dict[str, list[float]] = {}
+    for request in sandbox.requests:
+        if request.endpoint == "validate":
+            token = request.headers["Authorization"].split()[1]
+            user = sandbox.user_for_access_token(token)
+            validations.setdefault(user.login, []).append(request.at)
+    assert len(validations) == 6
+    for login, times in validations.items():
+        connected = TwitchToken.objects.get(login=login).created_at.timestamp()
+        moments = [connected, *times]
+        longest = max(b - a for a, b in zip(moments, moments[1:], strict=False))
+        assert longest <= 60 * 60, f"{login}: {longest / 60:.0f} minutes"
+    assert sandbox.count("token", grant_type="refresh_token") >= 6  # and refreshed
+
+
+def test_a_refresh_answer_without_expires_in_takes_the_expiry_from_validation(
+    alice, sandbox
+):
+    token = expiring(make_token(alice, sandbox))
+    sandbox.alter("token", remove=["expires_in"])
+
+    output = refresh_tokens("--no-validate")
+
+    assert output.startswith("refreshed 1,")
+    token.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(token.refresh_token)
+    assert token.expires_at > timezone.now() + timedelta(hours=3)
+    assert sandbox.count("validate") == 1  # the new token, to learn its lifetime
+
+
+def test_a_token_that_does_not_expire_is_never_refreshed_in_a_loop(alice, sandbox):
+    token = make_token(alice, sandbox, last_validated_at=None)
+    sandbox.alter("validate", set={"expires_in": 0})
+
+    refresh_tokens()
+    token.refresh_from_db()
+    assert token.expires_at is None  # Twitch says it does not expire
+
+    for _ in range(3):
+        refresh_tokens()
+    with time_machine.travel(timezone.now() + timedelta(minutes=45), tick=True):
+        assert "validated 1" in refresh_tokens()
+    assert sandbox.count("token") == 0
+
+
+def test_validation_follows_a_renamed_twitch_account_and_its_scopes(alice, sandbox):
+    token = make_token(alice, sandbox, last_validated_at=None)
+    sandbox.alter("validate", set={"login": "alice_renamed", "scopes": None})
+
+    refresh_tokens("--validate-only")
+
+    token.refresh_from_db()
+    assert (token.login, token.scopes) == ("alice_renamed", [])
+
+
+@pytest.mark.parametrize("within", ["99999999999", "527041"])
+def test_a_within_beyond_any_date_exits_2_with_a_clear_message(alice, within):
+    with pytest.raises(CommandError, match="--within must be between") as failed:
+        refresh_tokens("--within", within)
+    assert failed.value.returncode == 2
