@@ -160,12 +160,7 @@ def _store_connection(
     }
     try:
         with transaction.atomic():
-            linked_elsewhere = (
-                TwitchToken.objects.filter(twitch_user_id=info.user_id)
-                .exclude(status=TwitchToken.Status.REVOKED)
-                .exclude(user=user)
-            )
-            if linked_elsewhere.exists():
+            if _linked_elsewhere(user=user, twitch_user_id=info.user_id).exists():
                 raise AlreadyLinked(info.login)
             previous = TwitchToken.objects.select_for_update().filter(user=user).first()
             # Reconnecting updates the user's one row in place.
@@ -183,12 +178,25 @@ def _store_connection(
                 detail=detail[:200],
             )
     except IntegrityError:
-        # Another user connected the same account at the same moment.
-        raise AlreadyLinked(info.login) from None
+        # Another user may have connected the same account at the same moment;
+        # any other integrity failure is the database's, not the user's.
+        if _linked_elsewhere(user=user, twitch_user_id=info.user_id).exists():
+            raise AlreadyLinked(info.login) from None
+        raise
     replaced = ""
     if previous is not None and previous.status != TwitchToken.Status.REVOKED:
         replaced = previous.access_token
     return token, replaced
+
+
+def _linked_elsewhere(
+    *, user: AbstractBaseUser, twitch_user_id: str
+) -> QuerySet[TwitchToken]:
+    return (
+        TwitchToken.objects.filter(twitch_user_id=twitch_user_id)
+        .exclude(status=TwitchToken.Status.REVOKED)
+        .exclude(user=user)
+    )
 
 
 def expiry(
@@ -526,6 +534,7 @@ class _Run:
         self.write_failures = 0
         self.writes_failing = False
         self.gave_up = False
+        self.unstarted: list[TwitchToken] = []  # claimed, then left when we gave up
         self.workers_done = asyncio.Event()
 
     async def handle(self, pks: list[int], *, concurrency: int) -> Report:
@@ -542,6 +551,8 @@ class _Run:
                 self.workers_done.set()
                 await writer
         finally:
+            if self.unstarted:
+                await sync_to_async(_release_quietly)(self.unstarted)
             # Kept while any grant is not in the database: the next run stores it.
             self.spool.close(keep=self.unstored > 0)
         self.report.seconds = time.monotonic() - started
@@ -570,6 +581,7 @@ class _Run:
             await self.wait_until_results_can_be_stored()
             if self.gave_up:
                 self.count_skipped(1)
+                self.unstarted.append(token)
                 continue
             result = await _maintain_one(token, plan=self.plan, attempts=self.attempts)
             if result.grant is not None:
@@ -674,6 +686,20 @@ def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
         )
         TwitchToken.objects.filter(pk__in=claimable).update(claimed_until=lease)
     return list(TwitchToken.objects.filter(pk__in=claimable).order_by("expires_at"))
+
+
+def _release_quietly(tokens: list[TwitchToken]) -> None:
+    """Give back leases of tokens a run claimed but never started on, if the
+    database lets us; otherwise they lapse after LEASE."""
+    try:
+        for token in tokens:
+            TwitchToken.objects.filter(
+                pk=token.pk, claimed_until=token.claimed_until
+            ).update(claimed_until=None)
+    except DatabaseError:
+        logger.warning(
+            "could not release %s leases; they lapse by themselves", len(tokens)
+        )
 
 
 UNDECRYPTABLE = "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KEYS."

@@ -508,7 +508,8 @@ def _expires_in(value: object, *, allow_zero: bool) -> int | None:
 def _scopes(value: object, *, endpoint: str) -> list[str]:
     if value is None:
         return []
-    items = value.split() if isinstance(value, str) else value
+    # Only the token endpoint's docs show a space-separated string.
+    items = value.split() if isinstance(value, str) and endpoint == "token" else value
     if not isinstance(items, list) or not all(
         isinstance(scope, str) and SCOPE_RE.fullmatch(scope) for scope in items
     ):

@@ -127,7 +127,7 @@ def _seed(base: str, n: int) -> None:
                 login=t["login"],
                 access_token=t["access_token"],
                 refresh_token=t["refresh_token"],
-                scopes=t["scope"],
+                scopes=t.get("scope", []),
                 expires_at=now + timedelta(minutes=10),
                 last_validated_at=now,
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import socket
@@ -246,3 +247,56 @@ def _wait_until_listening(port: int, server: subprocess.Popen) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError("uvicorn did not start")
+
+
+@contextlib.contextmanager
+def database_refuses_token_writes(*, only_column: str | None = None) -> Iterator[None]:
+    """The database refuses to write Twitch tokens: a real DatabaseError, raised by a
+    trigger. Every INSERT and UPDATE, or only UPDATEs that set `only_column`."""
+    if connection.vendor == "sqlite":
+        of = f" OF {only_column}" if only_column else ""
+        raise_it = "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        create = [
+            f"CREATE TRIGGER refuse_update BEFORE UPDATE{of} "
+            f"ON accounts_twitchtoken {raise_it}"
+        ]
+        if not only_column:
+            create.append(
+                f"CREATE TRIGGER refuse_insert BEFORE INSERT "
+                f"ON accounts_twitchtoken {raise_it}"
+            )
+        drop = [
+            "DROP TRIGGER IF EXISTS refuse_update",
+            "DROP TRIGGER IF EXISTS refuse_insert",
+        ]
+    else:
+        events = f"UPDATE OF {only_column}" if only_column else "INSERT OR UPDATE"
+        create = [
+            "CREATE OR REPLACE FUNCTION refuse_by_test() RETURNS trigger AS $$ "
+            "BEGIN RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
+            f"CREATE TRIGGER refuse BEFORE {events} ON accounts_twitchtoken "
+            "FOR EACH ROW EXECUTE FUNCTION refuse_by_test()",
+        ]
+        drop = [
+            "DROP TRIGGER IF EXISTS refuse ON accounts_twitchtoken",
+            "DROP FUNCTION IF EXISTS refuse_by_test()",
+        ]
+    with connection.cursor() as cursor:
+        for statement in create:
+            cursor.execute(statement)
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            for statement in drop:
+                cursor.execute(statement)
+
+
+@contextlib.asynccontextmanager
+async def adatabase_refuses_token_writes(**options: str) -> AsyncIterator[None]:
+    refusing = database_refuses_token_writes(**options)
+    await sync_to_async(refusing.__enter__)()
+    try:
+        yield
+    finally:
+        await sync_to_async(refusing.__exit__)(None, None, None)

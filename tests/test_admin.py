@@ -573,3 +573,21 @@ def test_staff_cannot_delete_a_live_token_row(admin_client, alice, sandbox):
     assert response.status_code == 403
     changelist = admin_client.get("/admin/accounts/twitchtoken/")
     assert "delete_selected" not in action_names(changelist)
+
+
+def test_a_malformed_refresh_answer_is_a_warning_not_a_server_error(
+    admin_client, alice, sandbox
+):
+    token = make_token(alice, sandbox)
+    sandbox.fail("token", status=200, body={"access_token": None}, times=3)
+
+    response = act(admin_client, "refresh_tokens", [token])
+
+    assert response.status_code == 200
+    assert said(response) == [
+        ("warning", "1 failed (see Last error; try again later).")
+    ]
+    stored = TwitchToken.objects.get(pk=token.pk)
+    assert stored.refresh_token == token.refresh_token
+    assert stored.claimed_until is None
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)

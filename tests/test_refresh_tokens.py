@@ -21,7 +21,13 @@ from django.utils import timezone
 
 from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
-from tests.conftest import BASE_DIR, database_url, make_token, process_env
+from tests.conftest import (
+    BASE_DIR,
+    database_refuses_token_writes,
+    database_url,
+    make_token,
+    process_env,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -657,3 +663,39 @@ def test_a_within_beyond_any_date_exits_2_with_a_clear_message(alice, within):
     with pytest.raises(CommandError, match="--within must be between") as failed:
         refresh_tokens("--within", within)
     assert failed.value.returncode == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_new_refresh_starts_while_the_database_refuses_to_store_them(
+    django_user_model, sandbox, monkeypatch
+):
+    from accounts import services
+
+    monkeypatch.setattr(services, "FLUSH_EVERY", 0.02)
+    monkeypatch.setattr(services, "MAX_WRITE_FAILURES", 5)
+    tokens = [
+        expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
+        for n in range(30)
+    ]
+    sandbox.set_latency(0.05, endpoint="token")
+
+    with (
+        database_refuses_token_writes(only_column="refresh_token"),
+        pytest.raises(CommandError, match="kept in TOKEN_SPOOL_DIR") as failed,
+    ):
+        refresh_tokens("--no-validate", "--concurrency", "2")
+    assert failed.value.returncode == 1
+    started = sandbox.count("token")
+    assert started <= 6, f"{started} refreshes began while nothing could be stored"
+
+    sandbox.set_latency(0)
+    refresh_tokens("--no-validate")
+
+    presented = [
+        r.form["refresh_token"] for r in sandbox.requests if r.endpoint == "token"
+    ]
+    assert len(presented) == len(set(presented)) == 30
+    for token in tokens:
+        stored = TwitchToken.objects.get(pk=token.pk)
+        assert stored.status == TwitchToken.Status.ACTIVE
+        assert sandbox.is_refresh_token_valid(stored.refresh_token)

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import time_machine
 from django.contrib.auth.models import User
 from django.test import AsyncClient
+from django.utils import timezone
 
 from accounts.models import TokenEvent, TwitchToken
-from tests.conftest import approve_on_twitch, callback, connect_twitch, make_token, page
+from tests.conftest import (
+    adatabase_refuses_token_writes,
+    approve_on_twitch,
+    callback,
+    connect_twitch,
+    make_token,
+    page,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -554,3 +563,171 @@ async def test_a_state_used_by_one_tab_cannot_come_back_through_another(
 
     assert [r.status_code for r in replays] == [400, 400]
     assert sandbox.count("token") == before
+
+
+# --- A fresh grant is never orphaned --------------------------------------------------
+
+
+def assert_grant_revoked(sandbox, login: str) -> None:
+    """Twitch issued a pair that the site does not keep: its access token is ended.
+
+    (Twitch's revoke ends access tokens only; the refresh token, which the site
+    never stored, may survive.)
+    """
+    assert sandbox.count("revoke") == 1
+    assert sandbox.live_tokens(login).access == []
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        lambda sandbox: sandbox.fail("validate", status=503, times=1),
+        lambda sandbox: sandbox.fail("validate", status=200, body="<html>", times=1),
+        lambda sandbox: sandbox.alter("validate", set={"login": "x" * 300}, times=1),
+        lambda sandbox: sandbox.alter("validate", set={"login": "a\u0000b"}, times=1),
+        lambda sandbox: sandbox.alter("validate", set={"user_id": "12ab"}, times=1),
+        lambda sandbox: sandbox.alter("validate", set={"scopes": "chat:read"}, times=1),
+        lambda sandbox: sandbox.alter("validate", remove=["user_id"], times=1),
+    ],
+    ids=[
+        "validate-down",
+        "not-json",
+        "login-300-characters",
+        "login-with-nul",
+        "user-id-not-digits",
+        "scopes-not-a-list",
+        "user-id-missing",
+    ],
+)
+async def test_a_failed_validation_after_the_exchange_revokes_the_new_grant(
+    alice_client, sandbox, fault
+):
+    fault(sandbox)
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 502
+    assert "Nothing was changed" in page(response)
+    assert await TwitchToken.objects.acount() == 0
+    assert_grant_revoked(sandbox, "alicestreams")
+
+
+async def test_a_status_field_in_a_validate_answer_is_not_taken_for_its_status(
+    alice_client, sandbox
+):
+    # Twitch's status is the HTTP one; a body may say anything, even "oops".
+    sandbox.alter("validate", set={"status": "oops"}, times=1)
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 302
+    assert await TwitchToken.objects.filter(login="alicestreams").aexists()
+
+
+async def test_a_validation_that_hangs_revokes_the_new_grant(
+    alice_client, sandbox, monkeypatch
+):
+    import aiohttp
+
+    from accounts import twitch
+
+    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
+    sandbox.hang("validate", times=1)
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 502
+    assert await TwitchToken.objects.acount() == 0
+    assert_grant_revoked(sandbox, "alicestreams")
+
+
+async def test_a_database_error_while_storing_revokes_the_new_grant(
+    alice_client, sandbox
+):
+    async with adatabase_refuses_token_writes():
+        response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 502
+    assert "could not save your Twitch connection" in page(response)
+    assert await TwitchToken.objects.acount() == 0
+    assert_grant_revoked(sandbox, "alicestreams")
+    assert (await connect_twitch(alice_client, login="alicestreams")).status_code == 302
+
+
+async def test_linking_an_account_taken_by_another_user_revokes_the_new_grant(
+    alice_client, bob, sandbox
+):
+    bob_client = AsyncClient()
+    await bob_client.aforce_login(bob)
+    await connect_twitch(bob_client, login="shared")
+    bobs = await TwitchToken.objects.aget()
+
+    response = await connect_twitch(alice_client, login="shared")
+
+    assert response.status_code == 409
+    assert sandbox.count("revoke") == 1
+    # Only the grant alice's attempt made is ended; bob's stays whole.
+    assert sandbox.live_tokens("shared").access == [bobs.access_token]
+
+
+# --- Reconnecting ends what it replaces ---------------------------------------------
+
+
+@pytest.mark.parametrize("second_login", ["alicestreams", "alicealt"])
+async def test_reconnecting_revokes_the_replaced_grant_and_says_so(
+    alice_client, sandbox, second_login
+):
+    await connect_twitch(alice_client, login="alicestreams")
+    before = await TwitchToken.objects.aget()
+
+    await connect_twitch(alice_client, login=second_login)
+
+    after = await TwitchToken.objects.aget()
+    assert after.login == second_login
+    assert not sandbox.is_access_token_valid(before.access_token)
+    assert sandbox.is_access_token_valid(after.access_token)
+    revoked = [r.form["token"] for r in sandbox.requests if r.endpoint == "revoke"]
+    assert revoked == [before.access_token]
+    event = await TokenEvent.objects.filter(action="connect").afirst()
+    assert event.detail == f"Reconnected as {second_login} (was alicestreams)"
+
+
+# --- Twitch's optional fields ---------------------------------------------------------
+
+
+async def test_a_token_answer_without_expires_in_takes_the_expiry_from_validation(
+    alice_client, sandbox
+):
+    sandbox.alter("token", remove=["expires_in"], times=1)
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 302
+    token = await TwitchToken.objects.aget()
+    assert token.expires_at > timezone.now() + timedelta(hours=3)
+
+
+async def test_no_scopes_means_a_token_answer_without_scope_and_null_scopes(
+    alice_client, sandbox, settings
+):
+    settings.TWITCH_SCOPES = []
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 302
+    token = await TwitchToken.objects.aget()
+    assert token.scopes == []
+    assert "none" in page(await alice_client.get("/"))
+
+
+async def test_a_token_that_does_not_expire_says_so_on_the_home_page(
+    alice_client, sandbox
+):
+    sandbox.alter("token", remove=["expires_in"], times=1)
+    sandbox.alter("validate", set={"expires_in": 0}, times=1)
+
+    await connect_twitch(alice_client, login="alicestreams")
+
+    token = await TwitchToken.objects.aget()
+    assert token.expires_at is None
+    assert "never" in page(await alice_client.get("/"))
