@@ -1070,6 +1070,11 @@ def _replay_one(
 # --- A Twitch client for the rest of the site -----------------------------------------
 
 
+# Site code catches this beside NoUsableToken; it is the seam's, re-exported here so
+# that only the services import the seam.
+TwitchUnavailable = twitch.TwitchUnavailable
+
+
 class NoUsableToken(Exception):
     """The user has no Twitch connection the site can act with (none, revoked, or
     waiting for the user to reconnect)."""

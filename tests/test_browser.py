@@ -67,7 +67,7 @@ async def test_a_person_connects_and_disconnects_twitch_in_a_browser(
     assert await TwitchToken.objects.filter(login="danastreams").aexists()
 
     await page.click("text=Disconnect")
-    await page.wait_for_selector("text=Disconnected danastreams.")
+    await page.wait_for_selector("text=Disconnected danastreams:")
     token = await TwitchToken.objects.aget(login="danastreams")
     assert token.status == TwitchToken.Status.REVOKED
 

@@ -139,7 +139,9 @@ if DEBUG and not TOKEN_ENCRYPTION_KEYS:
 
 # Where the refresh engine notes token pairs Twitch issued before the database has
 # stored them (accounts/spool.py). Local to each machine; readable by the owner only.
-TOKEN_SPOOL_DIR = env.path("TOKEN_SPOOL_DIR", default=BASE_DIR / "token-spool")
+TOKEN_SPOOL_DIR = Path(
+    env.str("TOKEN_SPOOL_DIR", default="") or BASE_DIR / "token-spool"
+)
 
 LOGGING = {
     "version": 1,
