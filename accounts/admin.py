@@ -29,7 +29,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from accounts import services, twitch
+from accounts import refreshing, services
 from accounts.models import TokenEvent, TwitchToken
 from accounts.templatetags.twitchauth import expires_in
 
@@ -54,11 +54,11 @@ REVOKE_LABELS = {
     ]
 }
 MAINTAIN_LABELS = {
-    services.Outcome.REFRESHED: "refreshed",
-    services.Outcome.VALIDATED: "validated",
-    services.Outcome.NEEDS_RECONNECT: "rejected by Twitch (the user must reconnect)",
-    services.Outcome.FAILED: "failed (see Last error; try again later)",
-    services.Outcome.SKIPPED: "skipped (not active, or busy in another run)",
+    refreshing.Outcome.REFRESHED: "refreshed",
+    refreshing.Outcome.VALIDATED: "validated",
+    refreshing.Outcome.NEEDS_RECONNECT: "rejected by Twitch (the user must reconnect)",
+    refreshing.Outcome.FAILED: "failed (see Last error; try again later)",
+    refreshing.Outcome.SKIPPED: "skipped (not active, or busy in another run)",
 }
 
 
@@ -269,8 +269,7 @@ class TwitchTokenAdmin(admin.ModelAdmin):
         # Django's delete_selected convention: the first POST asks, post=yes acts.
         if not request.POST.get("post"):
             return self._confirm_revocation(request, queryset)
-        counts = twitch.run_sync(
-            services.revoke_tokens,
+        counts = services.revoke_tokens(
             # Secrets stay deferred: revoke_token reads each row afresh itself.
             tokens=list(queryset),
             source=TokenEvent.Source.STAFF,
@@ -293,7 +292,7 @@ class TwitchTokenAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[TwitchToken]
     ) -> None:
         self._maintain(
-            request, queryset, services.Plan(refresh_within=None, validate=False)
+            request, queryset, refreshing.Plan(refresh_within=None, validate=False)
         )
 
     @admin.action(permissions=["change"], description="Validate selected tokens now")
@@ -301,26 +300,25 @@ class TwitchTokenAdmin(admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[TwitchToken]
     ) -> None:
         self._maintain(
-            request, queryset, services.Plan(refresh=False, validate_after=None)
+            request, queryset, refreshing.Plan(refresh=False, validate_after=None)
         )
 
     def _maintain(
         self,
         request: HttpRequest,
         queryset: QuerySet[TwitchToken],
-        plan: services.Plan,
+        plan: refreshing.Plan,
     ) -> None:
         """What `manage.py refresh_tokens` does, to the selected tokens only."""
-        report = twitch.run_sync(
-            services.maintain_tokens,
+        report = refreshing.maintain_tokens(
             pks=list(queryset.values_list("pk", flat=True)),
             plan=plan,
             source=TokenEvent.Source.STAFF,
             actor=request.user,
         )
         troubled = (
-            report.counts[services.Outcome.FAILED]
-            + report.counts[services.Outcome.NEEDS_RECONNECT]
+            report.counts[refreshing.Outcome.FAILED]
+            + report.counts[refreshing.Outcome.NEEDS_RECONNECT]
         )
         self.message_user(
             request,

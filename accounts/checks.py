@@ -11,7 +11,7 @@ from django.core import checks
 from django.urls import Resolver404, resolve
 
 from accounts import crypto
-from accounts.twitch import KNOWN_SCOPES
+from accounts.services import KNOWN_SCOPES
 
 
 @checks.register(checks.Tags.security)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -8,8 +10,31 @@ from accounts.fields import EncryptedTextField, UndecryptableSecret
 
 
 class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
+    """Which tokens are due for what. Each rule is written once, here, with its
+    per-row twin on the model beside it (`TwitchToken.is_due_for_refresh`, ...)."""
+
     def active(self) -> TwitchTokenQuerySet:
         return self.filter(status=TwitchToken.Status.ACTIVE)
+
+    def due_for_refresh(
+        self, *, within: timedelta | None, now: datetime
+    ) -> TwitchTokenQuerySet:
+        """Tokens that expire within `within` (None: every token). A token that
+        does not expire (`expires_at` empty) is due only for "every token"."""
+        if within is None:
+            return self.all()
+        return self.filter(expires_at__lte=now + within)
+
+    def due_for_validation(
+        self, *, after: timedelta | None, now: datetime
+    ) -> TwitchTokenQuerySet:
+        """Tokens last validated `after` ago or longer, or never (None: every token)."""
+        if after is None:
+            return self.all()
+        return self.filter(
+            models.Q(last_validated_at__isnull=True)
+            | models.Q(last_validated_at__lte=now - after)
+        )
 
 
 class TwitchToken(models.Model):
@@ -74,6 +99,18 @@ class TwitchToken(models.Model):
     def is_usable(self) -> bool:
         return self.status == self.Status.ACTIVE and bool(self.refresh_token)
 
+    def is_due_for_refresh(self, *, within: timedelta | None, now: datetime) -> bool:
+        """The row's answer to `TwitchTokenQuerySet.due_for_refresh`."""
+        if within is None:
+            return True
+        return self.expires_at is not None and self.expires_at <= now + within
+
+    def is_due_for_validation(self, *, after: timedelta | None, now: datetime) -> bool:
+        """The row's answer to `TwitchTokenQuerySet.due_for_validation`."""
+        if after is None or self.last_validated_at is None:
+            return True
+        return self.last_validated_at <= now - after
+
     def wipe_secrets(self) -> None:
         self.access_token = ""
         self.refresh_token = ""
@@ -94,6 +131,10 @@ class TokenEvent(models.Model):
         REJECTED = "rejected", "Rejected by Twitch"
         # Twitch could not be reached or failed; what we hold is unchanged.
         UNAVAILABLE = "unavailable", "Twitch unavailable"
+        # Twitch was not asked: no configured key decrypts the stored token.
+        UNDECRYPTABLE = "undecryptable", "Cannot decrypt (check the keys)"
+        # Twitch was not asked, or its answer not used: a fault here (see the logs).
+        ERROR = "error", "Error on this site"
 
     class Source(models.TextChoices):
         USER = "user", "The user"

@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
@@ -278,6 +279,34 @@ async def revoke(access_token: str) -> RevokeResult:
     except InvalidCredential:
         return RevokeResult.ALREADY_INVALID
     return RevokeResult.ENDED
+
+
+@sensitive_variables()
+async def revoke_quietly(access_token: str) -> RevokeResult | None:
+    """Revoke at Twitch; None when Twitch could not be told."""
+    try:
+        return await revoke(access_token)
+    except TwitchError as error:
+        logger.warning("could not revoke a token at Twitch: %s", error)
+        return None
+
+
+def expires_at(
+    now: datetime, expires_in: int | None, info: TokenInfo | None = None
+) -> datetime | None:
+    """When a token expires: from the token answer, else from validation.
+
+    None means it does not expire (validate answers `expires_in: 0` for such
+    tokens), so it is never refreshed on a schedule. Unknown means now: the next
+    run validates or refreshes it, once.
+    """
+    if expires_in is not None:
+        return now + timedelta(seconds=expires_in)
+    if info is not None:
+        return (
+            None if info.expires_in == 0 else now + timedelta(seconds=info.expires_in)
+        )
+    return now
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:

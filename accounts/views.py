@@ -14,7 +14,7 @@ from django.shortcuts import render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts import services, twitch
+from accounts import oauth_state, services
 from accounts.models import TokenEvent, TwitchToken
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,14 @@ async def arender(
 @require_GET
 @login_required
 async def home(request: HttpRequest) -> HttpResponse:
-    token = await services.connection_for(await request.auser())
+    token = await services.connection_for(user=await request.auser())
     return await arender(request, "accounts/home.html", {"token": token})
 
 
 @require_POST
 @login_required
 async def connect(request: HttpRequest) -> HttpResponse:
-    authorize_url = await services.begin_connect(
+    authorize_url = await oauth_state.begin_connect(
         session=request.session,
         next_url=_safe_next(request, request.POST.get("next")),
         # Reconnecting asks Twitch to show the consent page again, so the user can
@@ -81,8 +81,8 @@ async def callback(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     try:
-        next_url = await services.take_state(session=request.session, state=state)
-    except services.InvalidState:
+        next_url = await oauth_state.take_state(session=request.session, state=state)
+    except oauth_state.InvalidState:
         return await _failure(
             request,
             "This Twitch sign-in link has expired, was already used, or was not "
@@ -107,14 +107,14 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "of this site. Disconnect it there first, or connect a different account.",
             status=409,
         )
-    except twitch.InvalidCredential:
+    except services.InvalidCredential:
         return await _failure(
             request,
             "Twitch did not accept this sign-in; it may have taken too long. "
             "Nothing was changed. Please connect again.",
             status=400,
         )
-    except twitch.TwitchRejected as rejected:
+    except services.TwitchRejected as rejected:
         logger.error("Twitch refused the code exchange: %s", rejected)
         return await _failure(
             request,
@@ -122,7 +122,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "settings are wrong. Nothing was changed; please tell the site's staff.",
             status=502,
         )
-    except twitch.TwitchUnavailable as unavailable:
+    except services.TwitchUnavailable as unavailable:
         logger.warning("Twitch unavailable during connect: %s", unavailable)
         return await _failure(
             request,
@@ -146,7 +146,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
 @login_required
 async def disconnect(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
-    token = await services.connection_for(user)
+    token = await services.connection_for(user=user)
     if token is None or token.status == TwitchToken.Status.REVOKED:
         messages.info(request, "No Twitch account is connected.")
         return HttpResponseRedirect("/")

@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
-from accounts import signals, twitch
+from accounts import refreshing, services, signals, twitch
 from accounts.models import TokenEvent, TwitchToken
 from tests.conftest import (
     BASE_DIR,
@@ -321,27 +321,25 @@ def test_a_rejection_after_an_unanswered_attempt_is_not_taken_for_a_dead_connect
 def test_a_token_refreshed_by_site_code_meanwhile_is_not_marked_needs_reconnect(
     alice, sandbox
 ):
-    from accounts import services
-
     token = expiring(make_token(alice, sandbox))
-    (claimed,) = services._claim([token.pk], plan=services.Plan())
+    (claimed,) = refreshing._claim([token.pk], plan=refreshing.Plan())
     # Site code (twitch_for) stores a fresh pair while the run holds the old one...
     fresh = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
     TwitchToken.objects.filter(pk=token.pk).update(refresh_token=fresh["refresh_token"])
     # ...so Twitch's "invalid refresh token" for the old one means nothing.
-    result = services._Result(
+    result = refreshing._Result(
         token=claimed,
         lease=claimed.claimed_until,
-        outcome=services.Outcome.NEEDS_RECONNECT,
+        refresh=TokenEvent.Outcome.REJECTED,
         error="Invalid refresh token",
     )
 
-    services._store_results([result], source=TokenEvent.Source.COMMAND, actor=None)
+    refreshing._store_results([result], source=TokenEvent.Source.COMMAND, actor=None)
 
     token.refresh_from_db()
     assert token.status == TwitchToken.Status.ACTIVE
     assert token.refresh_token == fresh["refresh_token"]
-    assert result.outcome is services.Outcome.SKIPPED
+    assert result.outcome is refreshing.Outcome.SKIPPED
 
 
 @pytest.mark.django_db(transaction=True)
@@ -351,8 +349,6 @@ async def test_a_token_revoked_during_its_refresh_stays_revoked_and_twitch_is_to
     import asyncio
 
     from asgiref.sync import sync_to_async
-
-    from accounts import services
 
     token = await sync_to_async(lambda: expiring(make_token(alice, sandbox)))()
     sandbox.set_latency(0.3, endpoint="token")
@@ -365,9 +361,9 @@ async def test_a_token_revoked_during_its_refresh_stays_revoked_and_twitch_is_to
         )
 
     report, _ = await asyncio.gather(
-        services.maintain_tokens(
+        refreshing.amaintain_tokens(
             pks=[token.pk],
-            plan=services.Plan(validate=False),
+            plan=refreshing.Plan(validate=False),
             source=TokenEvent.Source.COMMAND,
         ),
         revoke_midway(),
@@ -376,7 +372,7 @@ async def test_a_token_revoked_during_its_refresh_stays_revoked_and_twitch_is_to
     stored = await TwitchToken.objects.aget(pk=token.pk)
     assert stored.status == TwitchToken.Status.REVOKED
     assert stored.refresh_token == "" and stored.access_token == ""
-    assert report.counts[services.Outcome.SKIPPED] == 1
+    assert report.counts[refreshing.Outcome.SKIPPED] == 1
     # The pair Twitch issued for the refresh was revoked rather than left alive.
     revoked = [r.form["token"] for r in sandbox.requests if r.endpoint == "revoke"]
     assert len(revoked) == 2
@@ -475,20 +471,18 @@ def test_a_malformed_token_answer_costs_only_that_token(
 def test_an_error_while_storing_one_result_keeps_every_other_rotated_token(
     alice, bob, sandbox, monkeypatch
 ):
-    from accounts import services
-
     alices, bobs = (
         expiring(make_token(alice, sandbox)),
         expiring(make_token(bob, sandbox)),
     )
-    decide = services._decide
+    changes = refreshing._changes
 
-    def decide_but_choke_on_alice(result, **kwargs):
+    def changes_but_choke_on_alice(result, **kwargs):
         if result.token.pk == alices.pk:
             raise RuntimeError("a bug while storing")
-        return decide(result, **kwargs)
+        return changes(result, **kwargs)
 
-    monkeypatch.setattr(services, "_decide", decide_but_choke_on_alice)
+    monkeypatch.setattr(refreshing, "_changes", changes_but_choke_on_alice)
     with pytest.raises(CommandError):
         refresh_tokens("--no-validate")
 
@@ -669,10 +663,8 @@ def test_a_within_beyond_any_date_exits_2_with_a_clear_message(alice, within):
 def test_no_new_refresh_starts_while_the_database_refuses_to_store_them(
     django_user_model, sandbox, monkeypatch
 ):
-    from accounts import services
-
-    monkeypatch.setattr(services, "FLUSH_EVERY", 0.02)
-    monkeypatch.setattr(services, "MAX_WRITE_FAILURES", 5)
+    monkeypatch.setattr(refreshing, "FLUSH_EVERY", 0.02)
+    monkeypatch.setattr(refreshing, "MAX_WRITE_FAILURES", 5)
     tokens = [
         expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
         for n in range(30)
@@ -699,3 +691,132 @@ def test_no_new_refresh_starts_while_the_database_refuses_to_store_them(
         stored = TwitchToken.objects.get(pk=token.pk)
         assert stored.status == TwitchToken.Status.ACTIVE
         assert sandbox.is_refresh_token_valid(stored.refresh_token)
+
+
+# --- The audit trail says which duty went how ---------------------------------------
+
+DUTY_CASES = {
+    "refresh-succeeds": (
+        "expiring",
+        True,
+        lambda sandbox: None,
+        [("refresh", "succeeded")],
+        TwitchToken.Status.ACTIVE,
+    ),
+    "validation-succeeds": (
+        "fresh",
+        False,
+        lambda sandbox: None,
+        [("validate", "succeeded")],
+        TwitchToken.Status.ACTIVE,
+    ),
+    "validation-401-then-refresh": (
+        "fresh",
+        False,
+        lambda sandbox: sandbox.expire_access_tokens("alice"),
+        [("validate", "rejected"), ("refresh", "succeeded")],
+        TwitchToken.Status.ACTIVE,
+    ),
+    "validation-401-then-refresh-rejected": (
+        "fresh",
+        False,
+        lambda sandbox: sandbox.disconnect_user("alice"),
+        [("validate", "rejected"), ("refresh", "rejected")],
+        TwitchToken.Status.NEEDS_RECONNECT,
+    ),
+    "validation-unavailable": (
+        "fresh",
+        False,
+        lambda sandbox: sandbox.fail("validate", status=503),
+        [("validate", "unavailable")],
+        TwitchToken.Status.ACTIVE,
+    ),
+    "refresh-unavailable": (
+        "expiring",
+        True,
+        lambda sandbox: sandbox.fail("token", status=503),
+        [("refresh", "unavailable")],
+        TwitchToken.Status.ACTIVE,
+    ),
+    "refresh-rejected-after-a-lost-answer": (
+        "expiring",
+        True,
+        lambda sandbox: (
+            sandbox.disconnect_user("alice"),
+            sandbox.fail("token", status=502, times=1),
+        ),
+        [("refresh", "rejected")],
+        TwitchToken.Status.ACTIVE,  # may have rotated: not proof of a dead grant
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("expiry", "validated", "twitch_does", "events", "status"),
+    DUTY_CASES.values(),
+    ids=DUTY_CASES,
+)
+def test_the_audit_trail_names_each_duty_and_how_it_went(
+    alice, sandbox, expiry, validated, twitch_does, events, status
+):
+    token = make_token(alice, sandbox)
+    if expiry == "expiring":
+        expiring(token)
+    if not validated:
+        TwitchToken.objects.filter(pk=token.pk).update(last_validated_at=None)
+    twitch_does(sandbox)
+
+    with contextlib.suppress(CommandError):
+        refresh_tokens()
+
+    recorded = TokenEvent.objects.filter(token=token).order_by("pk")
+    assert [(e.action, e.outcome) for e in recorded] == events
+    assert all(e.detail for e in recorded if e.outcome != "succeeded")
+    assert TwitchToken.objects.get(pk=token.pk).status == status
+
+
+@pytest.mark.parametrize("due", ["refresh", "validation"])
+def test_an_undecryptable_token_is_recorded_as_such_not_as_twitch_failing(
+    alice, sandbox, settings, due
+):
+    from cryptography.fernet import Fernet
+
+    token = make_token(alice, sandbox)
+    if due == "refresh":
+        expiring(token)
+    else:
+        TwitchToken.objects.filter(pk=token.pk).update(last_validated_at=None)
+    settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+
+    with pytest.raises(CommandError, match="TOKEN_ENCRYPTION_KEYS"):
+        refresh_tokens()
+
+    event = TokenEvent.objects.get(token=token)
+    action = "refresh" if due == "refresh" else "validate"
+    assert (event.action, event.outcome) == (action, "undecryptable")
+    assert sandbox.requests == []
+
+
+def test_which_tokens_are_due_is_one_rule_for_queries_and_rows(
+    django_user_model, sandbox
+):
+    now = timezone.now()
+    moments = [None, now - timedelta(hours=2), now, now + timedelta(minutes=30)]
+    moments += [now + timedelta(hours=3)]
+    for n, moment in enumerate(moments):
+        make_token(
+            django_user_model.objects.create_user(f"u{n}"),
+            sandbox,
+            expires_at=moment,
+            last_validated_at=moment and moment - timedelta(hours=2),
+        )
+    tokens = TwitchToken.objects.all()
+
+    for within in (None, timedelta(0), timedelta(minutes=60)):
+        assert set(tokens.due_for_refresh(within=within, now=now)) == {
+            t for t in tokens if t.is_due_for_refresh(within=within, now=now)
+        }
+    for after in (None, timedelta(minutes=40), timedelta(hours=3)):
+        assert set(tokens.due_for_validation(after=after, now=now)) == {
+            t for t in tokens if t.is_due_for_validation(after=after, now=now)
+        }

@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from accounts import services, twitch
+from accounts import refreshing
 from accounts.models import TokenEvent, TwitchToken
 
 # Tokens live hours; a year covers any real use and stays far from date overflow.
@@ -93,14 +93,14 @@ class Command(BaseCommand):
             )
         if not 1 <= options["concurrency"] <= 500:
             raise CommandError("--concurrency must be between 1 and 500.", returncode=2)
-        plan = services.Plan(
+        plan = refreshing.Plan(
             refresh=not options["validate_only"],
             refresh_within=None
             if options["all"]
             else timedelta(minutes=options["within"]),
             validate=not options["no_validate"],
         )
-        pks = services.select_due(plan, self._tokens(options["user"]))
+        pks = refreshing.select_due(plan=plan, tokens=self._tokens(options["user"]))
 
         if options["dry_run"]:
             self._dry_run(
@@ -110,8 +110,7 @@ class Command(BaseCommand):
 
         progress = self._progress_bar(len(pks)) if self._interactive(options) else None
         try:
-            report = twitch.run_sync(
-                services.maintain_tokens,
+            report = refreshing.maintain_tokens(
                 pks=pks,
                 plan=plan,
                 source=TokenEvent.Source.COMMAND,
@@ -138,7 +137,7 @@ class Command(BaseCommand):
                 "TOKEN_ENCRYPTION_KEYS (was a key removed before rotate_token_keys?)."
             )
         if not report.handled_all:
-            failed = report.counts[services.Outcome.FAILED] - report.undecryptable
+            failed = report.counts[refreshing.Outcome.FAILED] - report.undecryptable
             raise CommandError(
                 f"{failed} token(s) could not be handled because Twitch failed; "
                 "the next run retries them."
@@ -161,14 +160,14 @@ class Command(BaseCommand):
         return tokens.filter(user__username__in=usernames)
 
     def _dry_run(
-        self, plan: services.Plan, pks: list[int], *, as_json: bool, verbosity: int
+        self, plan: refreshing.Plan, pks: list[int], *, as_json: bool, verbosity: int
     ) -> None:
         now = timezone.now()
         tokens = TwitchToken.objects.filter(pk__in=pks).order_by("expires_at")
         to_refresh = to_validate = 0
         for token in tokens.iterator():
-            refresh = plan.wants_refresh(token, now)
-            validate = plan.wants_validation(token, now)
+            refresh = plan.wants_refresh(token, now=now)
+            validate = plan.wants_validation(token, now=now)
             to_refresh += refresh
             to_validate += validate
             if verbosity >= 2 and not as_json:

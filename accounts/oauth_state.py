@@ -1,0 +1,82 @@
+"""The OAuth `state` of Connect Twitch: random, bound to the browser session,
+single-use and short-lived."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.contrib.sessions.backends.base import SessionBase
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+
+from accounts import twitch
+from accounts.models import SpentOAuthState
+
+STATE_SESSION_KEY = "twitch_oauth_states"
+STATE_LIFETIME = 600  # seconds
+# Several tabs may be mid-flow at once; the oldest pending state is dropped first.
+MAX_PENDING_STATES = 5
+
+
+class InvalidState(Exception):
+    """The callback's state is missing, unknown, expired or already used."""
+
+
+async def begin_connect(
+    *, session: SessionBase, next_url: str, force_verify: bool = False
+) -> str:
+    """Mint a state bound to this browser session and return Twitch's authorize URL."""
+    state = secrets.token_urlsafe(32)  # 256 bits
+    pending = dict(await session.aget(STATE_SESSION_KEY, {}))
+    pending[state] = {"created": time.time(), "next": next_url}
+    newest = sorted(pending.items(), key=lambda item: item[1]["created"])
+    await session.aset(STATE_SESSION_KEY, dict(newest[-MAX_PENDING_STATES:]))
+    return twitch.authorize_url(state=state, force_verify=force_verify)
+
+
+async def take_state(*, session: SessionBase, state: str) -> str:
+    """Consume a pending state and return the `next` URL that was stored with it.
+
+    The state is removed and the session saved *before* anything else happens, and
+    its use is recorded in `SpentOAuthState`, so a replayed callback is refused
+    even when it read the session at the same moment as the first.
+    """
+    pending: dict[str, dict[str, Any]] = dict(await session.aget(STATE_SESSION_KEY, {}))
+    # Compare against every pending state in constant time, not by dict lookup.
+    match = next((s for s in pending if constant_time_compare(s, state)), None)
+    now = time.time()
+    fresh = {
+        s: data for s, data in pending.items() if now - data["created"] < STATE_LIFETIME
+    }
+    if match is not None:
+        fresh.pop(match, None)
+    if fresh != pending:
+        await session.aset(STATE_SESSION_KEY, fresh)
+        await session.asave()
+    if match is None or not state:
+        raise InvalidState("unknown")
+    if now - pending[match]["created"] >= STATE_LIFETIME:
+        raise InvalidState("expired")
+    if not await sync_to_async(_spend_state)(match):
+        raise InvalidState("replayed")
+    return str(pending[match]["next"])
+
+
+def _spend_state(state: str) -> bool:
+    """Record the state as used; False if a concurrent request already did."""
+    digest = hashlib.sha256(state.encode()).hexdigest()
+    try:
+        with transaction.atomic():
+            SpentOAuthState.objects.filter(
+                spent_at__lt=timezone.now() - timedelta(seconds=STATE_LIFETIME)
+            ).delete()
+            SpentOAuthState.objects.create(digest=digest)
+    except IntegrityError:
+        return False
+    return True
