@@ -18,9 +18,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.auth import get_permission_codename
+from django.contrib.auth import get_permission_codename, get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
@@ -416,9 +415,11 @@ class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
         return super().get_queryset(request).defer(*SECRETS)
 
 
+User = get_user_model()
 admin.site.unregister(User)
 
 
+# The configured user model's admin, with the connection shown on each user's page.
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]

@@ -63,6 +63,7 @@ async def take_state(*, session: SessionBase, state: str) -> str:
         raise InvalidState("unknown")
     if now - pending[match]["created"] >= STATE_LIFETIME:
         raise InvalidState("expired")
+    # An INSERT that must fail atomically on a replay: a transaction, so sync.
     if not await sync_to_async(_spend_state)(match):
         raise InvalidState("replayed")
     return str(pending[match]["next"])

@@ -287,6 +287,7 @@ class _Run:
         return self.report
 
     async def claim(self, pks: list[int]) -> list[TwitchToken]:
+        # A transaction with SELECT ... FOR UPDATE: sync ORM, on Django's sync thread.
         claimed = (
             [] if self.gave_up else await sync_to_async(_claim)(pks, plan=self.plan)
         )
@@ -407,6 +408,7 @@ class _Run:
 
     async def finish(self) -> None:
         if self.unstarted:
+            # Sync ORM (it catches DatabaseError itself): on Django's sync thread.
             await sync_to_async(_release_quietly)(self.unstarted)
         # Kept while any grant is not in the database: the next run stores it.
         self.spool.close(keep=self.unstored > 0)
@@ -720,6 +722,7 @@ async def areplay_spool(
     replaced. A pair whose connection has moved on (revoked, reconnected) is
     revoked at Twitch instead.
     """
+    # File locks and one transaction per pair: sync code, on Django's sync thread.
     stored, orphans = await sync_to_async(_replay_abandoned)(source=source, actor=actor)
     for access_token in orphans:
         await twitch.revoke_quietly(access_token)

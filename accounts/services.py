@@ -75,6 +75,7 @@ async def connect(*, user: AbstractBaseUser, code: str) -> TwitchToken:
     grant = await twitch.exchange_code(code)
     try:
         info = await twitch.validate(grant.access_token)
+        # A transaction (the async ORM has none yet): on Django's sync thread.
         token, replaced = await sync_to_async(_store_connection)(
             user=user, grant=grant, info=info
         )
@@ -192,6 +193,7 @@ async def revoke_token(
         outcome = RevokeOutcome.REVOKED_LOCALLY
     else:
         outcome = RevokeOutcome.ALREADY_INVALID
+    # The row and its audit event in one transaction: on Django's sync thread.
     await sync_to_async(_wipe)(token=token, outcome=outcome, source=source, actor=actor)
     await signals.token_revoked.asend(sender=TwitchToken, token=token)
     return outcome

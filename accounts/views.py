@@ -184,6 +184,7 @@ async def disconnect(request: HttpRequest) -> HttpResponse:
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
     try:
+        # A raw cursor has no async API.
         await sync_to_async(_ping_database)()
     except DatabaseError:
         return JsonResponse({"status": "error", "database": "unavailable"}, status=503)

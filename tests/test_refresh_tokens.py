@@ -255,7 +255,13 @@ def test_a_person_at_a_terminal_sees_a_progress_bar(alice, bob, sandbox):
 
 
 @pytest.mark.parametrize(
-    "args", [["--concurrency", "0"], ["--within", "-1"], ["--user", "nobody"]]
+    "args",
+    [
+        ["--concurrency", "0"],
+        ["--within", "-1"],
+        ["--user", "nobody"],
+        ["--all", "--validate-only"],
+    ],
 )
 def test_bad_arguments_exit_2_with_a_clear_message(alice, args):
     with pytest.raises(CommandError) as failed:
@@ -820,3 +826,10 @@ def test_which_tokens_are_due_is_one_rule_for_queries_and_rows(
         assert set(tokens.due_for_validation(after=after, now=now)) == {
             t for t in tokens if t.is_due_for_validation(after=after, now=now)
         }
+
+
+def test_verbosity_0_prints_nothing_when_all_went_well(alice, sandbox):
+    expiring(make_token(alice, sandbox))
+    assert refresh_tokens("--verbosity", "0") == ""
+    assert refresh_tokens("--dry-run", "--verbosity", "0") == ""
+    assert sandbox.count("token") == 1

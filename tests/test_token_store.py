@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 
 from accounts.models import TwitchToken
@@ -69,6 +70,24 @@ def test_rotate_token_keys_reencrypts_with_the_first_key(alice, sandbox, setting
     assert reloaded.access_token == token.access_token
 
 
+def test_rotate_token_keys_dry_run_counts_and_changes_nothing(
+    alice, bob, sandbox, settings
+):
+    make_token(alice, sandbox)
+    make_token(bob, sandbox)
+    before = raw_rows()
+    settings.TOKEN_ENCRYPTION_KEYS = [
+        Fernet.generate_key().decode(),
+        *settings.TOKEN_ENCRYPTION_KEYS,
+    ]
+    out = io.StringIO()
+
+    call_command("rotate_token_keys", "--dry-run", stdout=out)
+
+    assert out.getvalue().strip() == "would re-encrypt 2 token(s) with the first key"
+    assert raw_rows() == before
+
+
 def test_a_token_encrypted_with_a_removed_key_reads_as_absent_and_is_kept(
     alice, sandbox, settings
 ):
@@ -80,7 +99,9 @@ def test_a_token_encrypted_with_a_removed_key_reads_as_absent_and_is_kept(
     assert unreadable.refresh_token == "" and unreadable.is_undecryptable
     assert not unreadable.is_usable
     unreadable.save()  # writes the ciphertext back untouched
-    call_command("rotate_token_keys", stdout=io.StringIO())
+    with pytest.raises(CommandError, match="restore the key") as failed:
+        call_command("rotate_token_keys", stdout=io.StringIO())
+    assert failed.value.returncode == 1
 
     settings.TOKEN_ENCRYPTION_KEYS = [old_key]
     assert TwitchToken.objects.get(pk=token.pk).refresh_token == token.refresh_token

@@ -93,6 +93,12 @@ class Command(BaseCommand):
             )
         if not 1 <= options["concurrency"] <= 500:
             raise CommandError("--concurrency must be between 1 and 500.", returncode=2)
+        if options["all"] and options["validate_only"]:
+            raise CommandError(
+                "--all refreshes every token; --validate-only refreshes none. "
+                "Choose one.",
+                returncode=2,
+            )
         plan = refreshing.Plan(
             refresh=not options["validate_only"],
             refresh_within=None
@@ -128,7 +134,7 @@ class Command(BaseCommand):
             self.stdout.write("")
         if options["json"]:
             self.stdout.write(json.dumps(report.as_dict()))
-        else:
+        elif options["verbosity"] >= 1:
             style = self.style.SUCCESS if report.handled_all else self.style.WARNING
             self.stdout.write(style(report.summary()))
         if report.undecryptable:
@@ -183,7 +189,7 @@ class Command(BaseCommand):
                     {"dry_run": True, "refresh": to_refresh, "validate": to_validate}
                 )
             )
-        else:
+        elif verbosity >= 1:
             self.stdout.write(
                 f"dry run: would refresh {to_refresh}, validate {to_validate}"
             )
