@@ -27,7 +27,7 @@ from twitchAPI.oauth import (
 from twitchAPI.twitch import Twitch
 from twitchAPI.type import AuthScope
 
-import twitch_sandbox.state
+import twitch_sandbox.ledger
 from twitch_sandbox import LiveTokens, Sandbox
 
 CLIENT_ID = "sandbox-client-id"
@@ -347,7 +347,7 @@ def test_a_code_expires_after_ten_minutes(
 ) -> None:
     code = sandbox.authorize(login="alice", scopes=[])
     later = types.SimpleNamespace(time=lambda: time.time() + 601)
-    monkeypatch.setattr(twitch_sandbox.state, "time", later)
+    monkeypatch.setattr(twitch_sandbox.ledger, "time", later)
 
     reply = exchange(sandbox, code)
 
@@ -1052,6 +1052,53 @@ def test_control_calls_with_bad_arguments_answer_400(sandbox: Sandbox) -> None:
     assert unknown_user.status == 400
     assert bad_alter.status == 400
     assert "remove" in bad_alter.json()["message"]
+
+
+def test_control_rate_limit_and_hang_take_the_python_options(
+    sandbox: Sandbox,
+) -> None:
+    limit = {"endpoint": "validate", "times": 1, "reset_in": 5}
+    http(sandbox, "POST", "_sandbox/rate-limit", json_body=limit)
+    http(sandbox, "POST", "_sandbox/hang", json_body={"endpoint": "users", "times": 1})
+
+    limited = validate(sandbox, "x")
+    with pytest.raises(TimeoutError):
+        http(sandbox, "GET", "helix/users", timeout=0.5)
+
+    assert limited.status == 429
+    assert limited.headers["Retry-After"] == "5"
+    assert validate(sandbox, "x").status == 401
+    assert helix_users(sandbox, "x").status == 401
+
+
+def test_control_calls_refuse_what_the_python_api_refuses(sandbox: Sandbox) -> None:
+    misspelt = http(
+        sandbox, "POST", "_sandbox/fail", json_body={"endpoint": "token", "tims": 1}
+    )
+    missing = http(sandbox, "POST", "_sandbox/rate-limit", json_body={"times": 1})
+    no_times = http(
+        sandbox, "POST", "_sandbox/hang", json_body={"endpoint": "token", "times": 0}
+    )
+    too_many = http(sandbox, "POST", "_sandbox/tokens", json_body={"count": 10**6})
+    not_an_object = http(sandbox, "POST", "_sandbox/fail", json_body=["token"])
+
+    assert misspelt.status == 400
+    assert "tims" in misspelt.json()["message"]
+    assert missing.status == 400
+    assert "endpoint" in missing.json()["message"]
+    assert no_times.status == 400
+    assert "times" in no_times.json()["message"]
+    assert too_many.status == 400
+    assert not_an_object.status == 400
+    assert sandbox.tokens_issued() == []
+    assert refresh(sandbox, "x").status == 400  # no fault was queued
+
+
+def test_only_the_listed_sandbox_methods_are_reachable_over_http(
+    sandbox: Sandbox,
+) -> None:
+    for name in ("start", "stop", "issue_tokens", "authorize", "ledger"):
+        assert http(sandbox, "POST", f"_sandbox/{name}").status == 404
 
 
 # Real clients ---------------------------------------------------------------

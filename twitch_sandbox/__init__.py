@@ -14,9 +14,9 @@ tokens, a record of every request)::
 from __future__ import annotations
 
 from .faults import ENDPOINTS
+from .ledger import LiveTokens, SandboxUser
 from .recording import RECORDED_ENDPOINTS, RecordedRequest
 from .sandbox import Sandbox
-from .state import LiveTokens, SandboxUser
 
 __all__ = [
     "ENDPOINTS",

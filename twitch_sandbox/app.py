@@ -6,23 +6,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from . import control, helix, oauth
-from .faults import HANG_SECONDS, Faults
-from .keys import FAULTS, LOG, SLEEPERS, STATE
-from .recording import RECORDED_ENDPOINTS, RecordedRequest, RequestLog
-from .state import OAuthState
+from .faults import HANG_SECONDS
+from .keys import FAULTS, LEDGER, LOG, SLEEPERS
+from .recording import RECORDED_ENDPOINTS, RecordedRequest
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(state: OAuthState, faults: Faults, log: RequestLog) -> web.Application:
+def build_app(sandbox: Sandbox) -> web.Application:
     app = web.Application(middlewares=[sandbox_middleware])
-    app[STATE] = state
-    app[FAULTS] = faults
-    app[LOG] = log
+    app[LEDGER] = sandbox.ledger
+    app[FAULTS] = sandbox.faults
+    app[LOG] = sandbox.log
     app[SLEEPERS] = set()
     app.on_shutdown.append(_wake_sleepers)
 
@@ -40,21 +43,7 @@ def build_app(state: OAuthState, faults: Faults, log: RequestLog) -> web.Applica
     router.add_post("/oauth2/revoke", oauth.revoke, name="revoke")
     router.add_get("/helix/users", helix.users, name="users", allow_head=False)
 
-    wrap = control.answer_bad_requests
-    router.add_post("/_sandbox/reset", wrap(control.reset))
-    router.add_post("/_sandbox/users/{login}/disconnect", wrap(control.disconnect))
-    router.add_get(
-        "/_sandbox/users/{login}/tokens", wrap(control.live_tokens), allow_head=False
-    )
-    router.add_post("/_sandbox/expire", wrap(control.expire))
-    router.add_post("/_sandbox/latency", wrap(control.latency))
-    router.add_post("/_sandbox/fail", wrap(control.fail))
-    router.add_post("/_sandbox/hang", wrap(control.hang))
-    router.add_post("/_sandbox/rate-limit", wrap(control.rate_limit))
-    router.add_post("/_sandbox/alter", wrap(control.alter))
-    router.add_post("/_sandbox/clear-faults", wrap(control.clear_faults))
-    router.add_post("/_sandbox/tokens", wrap(control.tokens))
-    router.add_get("/_sandbox/stats", wrap(control.stats), allow_head=False)
+    router.add_routes(control.routes(sandbox))
     return app
 
 

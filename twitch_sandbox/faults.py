@@ -1,8 +1,12 @@
 """Ways to make the sandbox misbehave: failures, hangs, rate limits, altered
 answers, latency.
 
-Faults queue up per endpoint and are used in order, so a test can say "one 429,
-then one 500" with two calls.
+A ``Fault`` is the one description of a fault: which endpoint, what kind, how
+many times, and the kind's options. It checks those options itself, because
+they arrive both from Python and, through the control endpoints, from a JSON
+body; ``Sandbox.fail``, ``hang``, ``rate_limit`` and ``alter`` build one and
+both transports go through them. Faults queue up per endpoint and are used in
+order, so a test can say "one 429, then one 500" with two calls.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
@@ -30,15 +34,36 @@ RATE_LIMIT = 800
 
 @dataclass(slots=True)
 class Fault:
+    endpoint: str
     kind: Literal["fail", "hang", "rate_limit", "alter"]
-    status: int = 500
+    times: int | None = None  # answers left to spoil; None: until cleared
     # "fail": None for the default body, a str as text/html, anything else as JSON.
+    status: int = 500
     body: object = None
-    remaining: int | None = None  # None: until cleared
+    # "rate_limit": when the bucket refills.
     reset_in: float = 1.0
     # "alter": what to set in, and drop from, the real answer's JSON object.
-    changes: dict[str, object] = field(default_factory=dict)
-    removals: tuple[str, ...] = ()
+    changes: Mapping[str, object] | None = None
+    removals: Iterable[str] = ()
+
+    def __post_init__(self) -> None:
+        check_endpoint(self.endpoint)
+        # Numbers may come from a JSON body as any JSON number.
+        if self.times is not None:
+            self.times = int(self.times)
+            if self.times < 1:
+                raise ValueError("times must be at least 1, or None for until cleared")
+        self.status = int(self.status)
+        self.reset_in = float(self.reset_in)
+        if self.changes is not None and not isinstance(self.changes, Mapping):
+            raise TypeError("set must be a JSON object of keys to set")
+        self.changes = dict(self.changes or {})
+        # One string would otherwise be taken as a list of one-letter keys.
+        if isinstance(self.removals, str):
+            raise TypeError("remove must be a list of keys, not one string")
+        self.removals = tuple(self.removals)
+        if not all(isinstance(key, str) for key in self.removals):
+            raise TypeError("remove must be a list of keys")
 
     def response(self) -> web.Response:
         if self.kind == "rate_limit":
@@ -74,7 +99,7 @@ class Fault:
             return response
         for key in self.removals:
             body.pop(key, None)
-        body.update(self.changes)
+        body.update(self.changes or {})
         headers = {
             name: value
             for name, value in response.headers.items()
@@ -83,37 +108,15 @@ class Fault:
         return json_response(body, status=response.status, headers=headers)
 
 
-def alteration(
-    changes: Mapping[str, object] | None,
-    removals: Iterable[str],
-    remaining: int | None,
-) -> Fault:
-    """An "alter" fault, its arguments checked (they may come as JSON)."""
-    if changes is not None and not isinstance(changes, Mapping):
-        raise TypeError("set must be a JSON object of keys to set")
-    # One string would otherwise be taken as a list of one-letter keys.
-    if isinstance(removals, str):
-        raise TypeError("remove must be a list of keys, not one string")
-    keys = tuple(removals)
-    if not all(isinstance(key, str) for key in keys):
-        raise TypeError("remove must be a list of keys")
-    return Fault(
-        "alter", changes=dict(changes or {}), removals=keys, remaining=remaining
-    )
-
-
 class Faults:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._queues: dict[str, deque[Fault]] = {}
         self._latency: dict[str | None, float] = {}
 
-    def add(self, endpoint: str, fault: Fault) -> None:
-        check_endpoint(endpoint)
-        if fault.remaining is not None and fault.remaining < 1:
-            raise ValueError("times must be at least 1, or None for until cleared")
+    def add(self, fault: Fault) -> None:
         with self._lock:
-            self._queues.setdefault(endpoint, deque()).append(fault)
+            self._queues.setdefault(fault.endpoint, deque()).append(fault)
 
     def take(self, endpoint: str) -> Fault | None:
         """The fault that answers this request, if any, counting it used."""
@@ -122,9 +125,9 @@ class Faults:
             if not queue:
                 return None
             fault = queue[0]
-            if fault.remaining is not None:
-                fault.remaining -= 1
-                if fault.remaining == 0:
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times == 0:
                     queue.popleft()
             return fault
 
@@ -135,6 +138,7 @@ class Faults:
     def set_latency(self, seconds: float, endpoint: str | None = None) -> None:
         if endpoint is not None:
             check_endpoint(endpoint)
+        seconds = float(seconds)  # from JSON, any number
         if seconds < 0:
             raise ValueError("latency cannot be negative")
         with self._lock:

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .keys import STATE
+from .keys import LEDGER
+from .ledger import SandboxUser
 from .oauth import bearer_token
 from .responses import json_response
-from .state import SandboxUser
 
 MAX_LOOKUPS = 100
 
 
 async def users(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    ledger = request.app[LEDGER]
     if not request.headers.get("Authorization"):
         return _unauthorized("OAuth token is missing")
     # Helix takes only "Bearer"; "OAuth" is for id.twitch.tv.
-    info = state.token_info(bearer_token(request, schemes=("bearer",)))
+    info = ledger.token_info(bearer_token(request, schemes=("bearer",)))
     if info is None:
         return _unauthorized("Invalid OAuth token")
     # A missing Client-Id cannot match either.
@@ -32,8 +32,8 @@ async def users(request: web.Request) -> web.Response:
         )
     if ids or logins:
         # Unknown ids and logins are left out, not errors, as on Twitch.
-        found = [state.user_by_id(i) for i in ids]
-        found += [state.user_by_login(login) for login in logins]
+        found = [ledger.user_by_id(i) for i in ids]
+        found += [ledger.user_by_login(login) for login in logins]
         matched = list(dict.fromkeys(user for user in found if user is not None))
     elif info.user is not None:
         matched = [info.user]

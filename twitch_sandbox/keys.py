@@ -7,10 +7,10 @@ import asyncio
 from aiohttp import web
 
 from .faults import Faults
+from .ledger import Ledger
 from .recording import RequestLog
-from .state import OAuthState
 
-STATE = web.AppKey("twitch_sandbox.state", OAuthState)
+LEDGER = web.AppKey("twitch_sandbox.ledger", Ledger)
 FAULTS = web.AppKey("twitch_sandbox.faults", Faults)
 LOG = web.AppKey("twitch_sandbox.log", RequestLog)
 # Requests sleeping for latency or a hang, cancelled when the sandbox stops so

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
-from .keys import STATE
+from .keys import LEDGER
+from .ledger import Ledger, Rejected, TokenInfo, normalize_scopes
 from .pages import consent_page, error_page
 from .responses import json_response, redirect
-from .state import OAuthState, Rejected, TokenInfo, normalize_scopes
 
 # Carried from the authorize URL through the consent form.
 AUTHORIZE_PARAMS = (
@@ -23,9 +23,9 @@ AUTHORIZE_PARAMS = (
 
 
 async def authorize_page(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    ledger = request.app[LEDGER]
     params = request.query
-    problem = _check_authorize(state, params)
+    problem = _check_authorize(ledger, params)
     if problem is not None:
         return problem
     # The sandbox remembers no earlier approval, so it always asks, as if
@@ -40,10 +40,10 @@ async def authorize_page(request: web.Request) -> web.Response:
 
 
 async def authorize_submit(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    ledger = request.app[LEDGER]
     params = {name: str(value) for name, value in (await request.post()).items()}
     # The form could have been edited or replayed: check it as Twitch would.
-    problem = _check_authorize(state, params)
+    problem = _check_authorize(ledger, params)
     if problem is not None:
         return problem
     redirect_uri = params["redirect_uri"]
@@ -59,7 +59,7 @@ async def authorize_submit(request: web.Request) -> web.Response:
     scopes = normalize_scopes(params.get("scope", ""))
     login = params.get("login", "")
     try:
-        code = state.authorize(login=login, scopes=scopes, redirect_uri=redirect_uri)
+        code = ledger.authorize(login=login, scopes=scopes, redirect_uri=redirect_uri)
     except ValueError:
         page = consent_page(
             client_id=params["client_id"],
@@ -74,26 +74,26 @@ async def authorize_submit(request: web.Request) -> web.Response:
 
 
 async def token(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    ledger = request.app[LEDGER]
     params = await _params(request)
     client_id = params.get("client_id", "")
     try:
-        state.check_client(client_id, params.get("client_secret"))
+        ledger.check_client(client_id, params.get("client_secret"))
         grant_type = params.get("grant_type")
         if grant_type == "authorization_code":
-            body = state.exchange_code(
+            body = ledger.exchange_code(
                 client_id=client_id,
                 code=params.get("code"),
                 redirect_uri=params.get("redirect_uri"),
             )
         elif grant_type == "refresh_token":
-            body = state.refresh(
+            body = ledger.refresh(
                 client_id=client_id, refresh_token=params.get("refresh_token")
             )
         elif grant_type == "client_credentials":
             # Not part of the user flow, but twitchAPI's Twitch() asks for an
             # app token on startup.
-            body = state.issue_app_token(client_id=client_id)
+            body = ledger.issue_app_token(client_id=client_id)
         elif not grant_type:
             raise Rejected(400, "missing grant_type")
         else:
@@ -105,7 +105,7 @@ async def token(request: web.Request) -> web.Response:
 
 async def validate(request: web.Request) -> web.Response:
     token = bearer_token(request, schemes=("oauth", "bearer"))
-    info = request.app[STATE].token_info(token)
+    info = request.app[LEDGER].token_info(token)
     if info is None:
         body = {"status": 401, "message": "invalid access token"}
         return json_response(body, status=401)
@@ -115,7 +115,7 @@ async def validate(request: web.Request) -> web.Response:
 async def revoke(request: web.Request) -> web.Response:
     params = await _params(request)
     try:
-        request.app[STATE].revoke(
+        request.app[LEDGER].revoke(
             client_id=params.get("client_id"), token=params.get("token")
         )
     except Rejected as rejected:
@@ -131,21 +131,19 @@ def bearer_token(request: web.Request, *, schemes: tuple[str, ...]) -> str | Non
     return token.strip() or None
 
 
-def _check_authorize(
-    state: OAuthState, params: Mapping[str, str]
-) -> web.Response | None:
-    if not state.is_known_client(params.get("client_id")):
+def _check_authorize(ledger: Ledger, params: Mapping[str, str]) -> web.Response | None:
+    if not ledger.is_known_client(params.get("client_id")):
         return _html(error_page("invalid client"), status=400)
     if params.get("response_type") != "code":
         return _html(error_page("unsupported response_type"), status=400)
-    if not state.is_registered_redirect(params.get("redirect_uri")):
-        if not state.redirect_uris:
+    if not ledger.is_registered_redirect(params.get("redirect_uri")):
+        if not ledger.redirect_uris:
             return _html(error_page("no redirect URI is registered"), status=400)
         mismatch = {
             "error": "redirect_mismatch",
             "error_description": "Parameter redirect_uri does not match registered URI",
         }
-        return redirect(state.redirect_uris[0], _with_state(mismatch, params))
+        return redirect(ledger.redirect_uris[0], _with_state(mismatch, params))
     return None
 
 

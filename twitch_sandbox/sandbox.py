@@ -1,4 +1,12 @@
-"""The Sandbox: a real HTTP server in a thread, and the handles tests pull."""
+"""The Sandbox: a real HTTP server in a thread, and the one API to drive it.
+
+Its parts are public attributes: ``ledger`` (users, codes and tokens),
+``faults`` (queued faults and latency) and ``log`` (recorded requests); the
+OAuth and Helix handlers use them directly. The methods here are the documented
+surface for tests, most of them one line onto those parts; the fault methods
+describe each fault once as a ``Fault``. The ``/_sandbox/`` control endpoints
+(control.py) call these very methods, so Python and HTTP share one API.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,9 @@ from types import TracebackType
 from aiohttp import web
 
 from .app import build_app
-from .faults import Fault, Faults, alteration
+from .faults import Fault, Faults
+from .ledger import Ledger, LiveTokens, SandboxUser
 from .recording import RecordedRequest, RequestLog
-from .state import LiveTokens, OAuthState, SandboxUser
 
 DEFAULT_CLIENT_ID = "sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "sandbox-client-secret"
@@ -20,6 +28,8 @@ DEFAULT_ACCESS_TOKEN_LIFETIME = 14400  # about four hours, like Twitch
 # Long enough for a request in flight to finish, short enough not to stall a
 # test run; sleeping requests are cancelled before this applies.
 SHUTDOWN_TIMEOUT = 2.0
+# Seeding more than this in one call is a mistake, not a benchmark.
+MAX_SEEDED_TOKENS = 100_000
 
 
 class Sandbox:
@@ -37,14 +47,14 @@ class Sandbox:
         redirect_uris: Iterable[str] = (),
         access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME,
     ) -> None:
-        self._state = OAuthState(
+        self.ledger = Ledger(
             client_id=client_id,
             client_secret=client_secret,
             redirect_uris=list(redirect_uris),
             access_token_lifetime=access_token_lifetime,
         )
-        self._faults = Faults()
-        self._log = RequestLog()
+        self.faults = Faults()
+        self.log = RequestLog()
         self._host = ""
         self._port: int | None = None
         self._thread: threading.Thread | None = None
@@ -56,24 +66,24 @@ class Sandbox:
 
     @property
     def client_id(self) -> str:
-        return self._state.client_id
+        return self.ledger.client_id
 
     @property
     def client_secret(self) -> str:
-        return self._state.client_secret
+        return self.ledger.client_secret
 
     @property
     def redirect_uris(self) -> list[str]:
         """The registered redirect URIs; a mutable list tests may append to."""
-        return self._state.redirect_uris
+        return self.ledger.redirect_uris
 
     @property
     def access_token_lifetime(self) -> int:
-        return self._state.access_token_lifetime
+        return self.ledger.access_token_lifetime
 
     @access_token_lifetime.setter
     def access_token_lifetime(self, seconds: int) -> None:
-        self._state.access_token_lifetime = seconds
+        self.ledger.access_token_lifetime = seconds
 
     # Serving -------------------------------------------------------------
 
@@ -151,7 +161,7 @@ class Sandbox:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         runner = web.AppRunner(
-            build_app(self._state, self._faults, self._log),
+            build_app(self),
             # No access log: the sandbox must keep up with a benchmark, and
             # the recording already says what happened.
             access_log=None,
@@ -170,20 +180,20 @@ class Sandbox:
         finally:
             await runner.cleanup()
 
-    # State ---------------------------------------------------------------
+    # Users, codes and tokens (the ledger) --------------------------------
 
     def reset(self) -> None:
         """Forget users, codes, tokens, faults, latency and recorded requests.
 
         The client and its redirect URIs stay.
         """
-        self._state.reset()
-        self._faults.reset()
-        self._log.reset()
+        self.ledger.reset()
+        self.faults.reset()
+        self.log.reset()
 
     def add_user(self, login: str) -> SandboxUser:
         """The user with this login, created if new."""
-        return self._state.add_user(login)
+        return self.ledger.add_user(login)
 
     def authorize(
         self,
@@ -199,13 +209,7 @@ class Sandbox:
         accepted for symmetry only: Twitch does not bind the code to it.
         """
         del state
-        if redirect_uri is None:
-            if not self.redirect_uris:
-                raise ValueError("no redirect URI is registered")
-            redirect_uri = self.redirect_uris[0]
-        if redirect_uri not in self.redirect_uris:
-            raise ValueError(f"redirect URI {redirect_uri!r} is not registered")
-        return self._state.authorize(
+        return self.ledger.authorize(
             login=login, scopes=scopes, redirect_uri=redirect_uri
         )
 
@@ -215,49 +219,72 @@ class Sandbox:
         """A fresh token pair for the user, as if they had just connected:
         ``{"access_token", "refresh_token", "expires_in", "scope"}``, with
         ``scope`` left out when there are none, as Twitch does."""
-        return self._state.issue_tokens(login=login, scopes=scopes)
+        return self.ledger.issue_tokens(login=login, scopes=scopes)
 
     def expire_access_tokens(self, login: str | None = None) -> None:
         """Expire the user's (or everyone's) access tokens; refresh tokens
         keep working."""
-        self._state.expire_access_tokens(login)
+        self.ledger.expire_access_tokens(login)
 
     def disconnect_user(self, login: str) -> None:
         """The user disconnected the app on Twitch: all their access and
         refresh tokens die."""
-        self._state.disconnect_user(login)
+        self.ledger.disconnect_user(login)
 
     def tokens_issued(self) -> list[str]:
         """Every access and refresh token ever issued, dead or alive."""
-        return self._state.tokens_issued()
+        return self.ledger.tokens_issued()
 
     def refresh_count(self, refresh_token: str | None = None) -> int:
         """Successful refreshes overall, or along the chain that any refresh
         token (current or rotated away) belongs to."""
-        return self._state.refresh_count(refresh_token)
+        return self.ledger.refresh_count(refresh_token)
 
     def user_for_access_token(self, token: str) -> SandboxUser | None:
         """Whose access token this is, even if it has expired or died since."""
-        return self._state.user_for_access_token(token)
+        return self.ledger.user_for_access_token(token)
 
     def is_access_token_valid(self, token: str) -> bool:
-        return self._state.is_access_token_valid(token)
+        return self.ledger.is_access_token_valid(token)
 
     def is_refresh_token_valid(self, token: str) -> bool:
-        return self._state.is_refresh_token_valid(token)
+        return self.ledger.is_refresh_token_valid(token)
 
     def live_tokens(self, login: str) -> LiveTokens:
         """The user's access tokens still valid and the current refresh token
         of each of their grants still alive, in the order of issue; KeyError
         for an unknown login."""
-        return self._state.live_tokens(login)
+        return self.ledger.live_tokens(login)
+
+    def seed_tokens(
+        self,
+        count: int = 1,
+        scopes: str | Iterable[str] = (),
+        login_prefix: str = "bench",
+    ) -> dict[str, list[dict[str, object]]]:
+        """Mint ``count`` users named ``<login_prefix><n>``, each with a token
+        pair: ``{"tokens": [{"user_id", "login", "access_token", ...}]}``.
+
+        The same prefix names the same users again, who then get another pair.
+        For a benchmark, which seeds thousands over HTTP in one call.
+        """
+        count = int(count)
+        if not 0 <= count <= MAX_SEEDED_TOKENS:
+            raise ValueError(f"count must be between 0 and {MAX_SEEDED_TOKENS}")
+        minted = []
+        for n in range(1, count + 1):
+            login = f"{login_prefix}{n}"
+            pair = self.ledger.issue_tokens(login=login, scopes=scopes)
+            user = self.ledger.add_user(login)
+            minted.append({"user_id": user.id, "login": user.login, **pair})
+        return {"tokens": minted}
 
     # Faults and latency --------------------------------------------------
 
     def set_latency(self, seconds: float, endpoint: str | None = None) -> None:
         """Delay answers to ``endpoint`` (None: all) by ``seconds``; an
         endpoint's own latency wins over the one for all."""
-        self._faults.set_latency(seconds, endpoint)
+        self.faults.set_latency(seconds, endpoint)
 
     def fail(
         self,
@@ -270,20 +297,15 @@ class Sandbox:
         cleared). ``body``: None sends ``{"status": status, "message":
         "sandbox fault"}``, a str raw text/html, anything else (dict, list,
         number, bool) JSON."""
-        self._faults.add(
-            endpoint, Fault("fail", status=status, body=body, remaining=times)
-        )
+        self.faults.add(Fault(endpoint, "fail", times=times, status=status, body=body))
 
     def hang(self, endpoint: str, times: int | None = None) -> None:
         """Never answer the next ``times`` requests (None: until cleared)."""
-        self._faults.add(endpoint, Fault("hang", remaining=times))
+        self.faults.add(Fault(endpoint, "hang", times=times))
 
     def rate_limit(self, endpoint: str, times: int, reset_in: float = 1.0) -> None:
         """Answer the next ``times`` requests with 429 and rate-limit headers."""
-        self._faults.add(
-            endpoint,
-            Fault("rate_limit", status=429, remaining=times, reset_in=reset_in),
-        )
+        self.faults.add(Fault(endpoint, "rate_limit", times=times, reset_in=reset_in))
 
     def alter(
         self,
@@ -297,18 +319,24 @@ class Sandbox:
         for real, then drop the keys in ``remove`` from the JSON object
         answered and merge ``set`` into it; the status stays. For Twitch's
         optional fields: ``alter("token", remove=["expires_in"])``."""
-        self._faults.add(endpoint, alteration(set, remove, times))
+        self.faults.add(
+            Fault(endpoint, "alter", times=times, changes=set, removals=remove)
+        )
 
     def clear_faults(self) -> None:
         """Drop every pending fault; latency stays until reset or set to 0."""
-        self._faults.clear()
+        self.faults.clear()
 
     # Recording -----------------------------------------------------------
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        return self._log.requests
+        return self.log.requests
 
     def count(self, endpoint: str, *, grant_type: str | None = None) -> int:
         """Requests recorded for ``endpoint``, optionally of one grant type."""
-        return self._log.count(endpoint, grant_type=grant_type)
+        return self.log.count(endpoint, grant_type=grant_type)
+
+    def stats(self) -> dict[str, object]:
+        """Requests per endpoint and refreshes overall, for a benchmark."""
+        return {"counts": self.log.counts(), "refreshes": self.ledger.refresh_count()}

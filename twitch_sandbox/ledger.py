@@ -1,4 +1,8 @@
-"""What the sandbox remembers: the app, its users, codes and tokens.
+"""The ledger: what the sandbox remembers (the app, its users, codes and tokens).
+
+Not called "state", which in OAuth is the parameter a client round-trips. The
+OAuth and Helix handlers read and write the ledger; tests reach it through
+``Sandbox``, whose methods document what it offers them.
 
 Everything here runs under one lock because tests call in from their own thread
 while the server thread answers requests. Every lookup is a dict access so a
@@ -122,7 +126,9 @@ def normalize_login(login: str) -> str:
     return normalized
 
 
-class OAuthState:
+class Ledger:
+    """What the sandbox remembers: the app, its users, codes and tokens."""
+
     def __init__(
         self,
         *,
@@ -207,9 +213,22 @@ class OAuthState:
     # Codes and tokens ----------------------------------------------------
 
     def authorize(
-        self, *, login: str, scopes: str | Iterable[str], redirect_uri: str
+        self,
+        *,
+        login: str,
+        scopes: str | Iterable[str],
+        redirect_uri: str | None = None,
     ) -> str:
-        """What approving the consent page does: a code for the user."""
+        """What approving the consent page does: a code for the user.
+
+        ``redirect_uri`` defaults to the first registered one.
+        """
+        if redirect_uri is None:
+            if not self.redirect_uris:
+                raise ValueError("no redirect URI is registered")
+            redirect_uri = self.redirect_uris[0]
+        if not self.is_registered_redirect(redirect_uri):
+            raise ValueError(f"redirect URI {redirect_uri!r} is not registered")
         login = normalize_login(login)
         scopes = normalize_scopes(scopes)
         code = secrets.token_urlsafe(24)
@@ -287,7 +306,6 @@ class OAuthState:
     def issue_tokens(
         self, *, login: str, scopes: str | Iterable[str]
     ) -> dict[str, object]:
-        """A token pair without the consent dance (for seeding benchmarks)."""
         login = normalize_login(login)
         scopes = normalize_scopes(scopes)
         with self._lock:
@@ -406,7 +424,6 @@ class OAuthState:
                 access.expires_at = min(access.expires_at, past)
 
     def disconnect_user(self, login: str) -> None:
-        """The user disconnected the app on Twitch: all their tokens die."""
         with self._lock:
             self._end_authorization(self._user_id(login), self.client_id)
 
@@ -424,15 +441,13 @@ class OAuthState:
             raise KeyError(f"no sandbox user with login {login!r}")
         return user.id
 
-    # Questions tests ask -------------------------------------------------
+    # Questions tests ask (documented on Sandbox) -------------------------
 
     def tokens_issued(self) -> list[str]:
         with self._lock:
             return list(self._issued)
 
     def refresh_count(self, refresh_token: str | None = None) -> int:
-        """Successful refreshes overall, or along the chain of any refresh
-        token that was ever issued in it."""
         with self._lock:
             if refresh_token is None:
                 return self._refreshes
@@ -440,7 +455,6 @@ class OAuthState:
             return 0 if lineage is None else lineage.refreshes
 
     def user_for_access_token(self, token: str) -> SandboxUser | None:
-        """Whose token it was, even if it has expired or died since."""
         with self._lock:
             access = self._access.get(token)
             if access is None or access.user_id is None:
