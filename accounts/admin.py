@@ -21,6 +21,7 @@ from django.contrib.admin import helpers
 from django.contrib.auth import get_permission_codename, get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.db.models import QuerySet
+from django.db.models.constants import LOOKUP_SEP
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
@@ -64,6 +65,27 @@ MAINTAIN_LABELS = {
 @admin.display(description="Scopes")
 def scope_list(token: TwitchToken) -> str | None:
     return ", ".join(token.scopes or []) or None
+
+
+# Columns no URL may filter on: a view-only staff member could otherwise read stored
+# ciphertext prefix by prefix (?refresh_token__startswith=gAAAA...), or the lease.
+UNFILTERABLE = frozenset({*SECRETS, "claimed_until", "password"})
+# Regular expressions are the database's to parse: a malformed one is a 500 on
+# PostgreSQL, and none of our filters needs them.
+UNSAFE_LOOKUPS = frozenset({"regex", "iregex"})
+
+
+class SafeLookups:
+    """Refuse URL lookups that touch a secret, anywhere along the path, or use a
+    regular expression; Django answers those with 400 (DisallowedModelAdminLookup)."""
+
+    def lookup_allowed(
+        self, lookup: str, value: str, request: HttpRequest | None = None
+    ) -> bool:
+        parts = set(lookup.split(LOOKUP_SEP))
+        if parts & UNFILTERABLE or parts & UNSAFE_LOOKUPS:
+            return False
+        return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
 
 
 class ScopeFilter(admin.SimpleListFilter):
@@ -156,7 +178,7 @@ class TokenEventInline(ReadOnlyInline, admin.TabularInline):
 
 
 @admin.register(TwitchToken)
-class TwitchTokenAdmin(admin.ModelAdmin):
+class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
     list_display = [
         "user",
         "twitch_account",
@@ -358,7 +380,7 @@ def _summary(counts: Counter[Any], labels: Mapping[Enum, str]) -> str:
 
 
 @admin.register(TokenEvent)
-class TokenEventAdmin(admin.ModelAdmin):
+class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
     list_display = [
         "created_at",
         "token",
@@ -421,5 +443,5 @@ admin.site.unregister(User)
 
 # The configured user model's admin, with the connection shown on each user's page.
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(SafeLookups, BaseUserAdmin):
     inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from axes.helpers import get_client_username, get_cool_off
+from axes.models import AccessAttempt
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
@@ -179,6 +184,42 @@ async def disconnect(request: HttpRequest) -> HttpResponse:
             f"this site deleted its tokens. {remove_at_twitch}",
         )
     return HttpResponseRedirect("/")
+
+
+def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """django-axes' lockout answer: 429, Retry-After, and a sentence.
+
+    Called with varying arguments by axes' sync and async paths, so it reads what it
+    needs from the request.
+    """
+    username = get_client_username(request, getattr(request, "axes_credentials", None))
+    cool_off = get_cool_off(request) or timedelta(minutes=15)
+    last = (
+        AccessAttempt.objects.filter(
+            username=username, ip_address=getattr(request, "axes_ip_address", None)
+        )
+        .order_by("-attempt_time")
+        .values_list("attempt_time", flat=True)
+        .first()
+    )
+    remaining = (last + cool_off - timezone.now()) if last else cool_off
+    seconds = max(1, math.ceil(remaining.total_seconds()))
+    minutes = math.ceil(seconds / 60)
+    response = render(
+        request,
+        "accounts/failure.html",
+        {
+            "title": "Too many sign-in attempts",
+            "sentence": (
+                "Too many failed sign-in attempts for this account from your "
+                f"address. Please try again in {minutes} minute"
+                f"{'' if minutes == 1 else 's'}."
+            ),
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(seconds)
+    return response
 
 
 @require_GET

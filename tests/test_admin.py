@@ -591,3 +591,56 @@ def test_a_malformed_refresh_answer_is_a_warning_not_a_server_error(
     assert stored.refresh_token == token.refresh_token
     assert stored.claimed_until is None
     assert sandbox.is_refresh_token_valid(stored.refresh_token)
+
+
+# --- Lookups in the URL ---------------------------------------------------------------
+
+SECRET_LOOKUPS = [
+    ("/admin/accounts/twitchtoken/", "refresh_token__regex=^gAAAA[A-M]"),
+    ("/admin/accounts/twitchtoken/", "refresh_token__startswith=gAAAA"),
+    ("/admin/accounts/twitchtoken/", "access_token__gt=a"),
+    ("/admin/accounts/twitchtoken/", "claimed_until__isnull=False"),
+    ("/admin/accounts/tokenevent/", "token__refresh_token__startswith=g"),
+    ("/admin/auth/user/", "twitch_token__access_token__startswith=g"),
+    ("/admin/auth/user/", "password__startswith=md5"),
+]
+
+
+@pytest.mark.parametrize(("url", "query"), SECRET_LOOKUPS)
+def test_no_url_filter_can_probe_a_secret(admin_client, alice, sandbox, url, query):
+    make_token(alice, sandbox)
+
+    response = admin_client.get(f"{url}?{query}")
+
+    assert response.status_code == 400
+
+
+def test_view_only_staff_cannot_read_ciphertext_prefix_by_prefix(
+    staff_client, alice, sandbox
+):
+    make_token(alice, sandbox)
+    client = staff_client("view_twitchtoken")
+
+    response = client.get(f"{TOKENS}?refresh_token__regex=^gAAAA[A-M]")
+
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["login__regex=[", "login__iregex=(", "expires_at__gte=notadate", "status__in="],
+)
+def test_a_malformed_filter_is_never_a_server_error(
+    admin_client, alice, sandbox, query
+):
+    make_token(alice, sandbox)
+
+    response = admin_client.get(f"{TOKENS}?{query}")
+
+    assert response.status_code in (200, 302, 400)
+
+
+def test_the_list_s_own_filters_still_work(admin_client, alice, sandbox):
+    make_token(alice, sandbox)
+    for query in ["status__exact=active", "login=alice", "user__id__exact=1"]:
+        assert admin_client.get(f"{TOKENS}?{query}").status_code == 200

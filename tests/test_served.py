@@ -82,3 +82,27 @@ def test_healthz_on_the_served_site(site):
 
     with urllib.request.urlopen(f"{site}/healthz", timeout=5) as response:
         assert response.status == 200
+
+
+async def test_sign_in_throttling_holds_across_workers(site, django_user_model):
+    await django_user_model.objects.acreate_user("dave", password="pw")
+    statuses = []
+    # Each attempt from a fresh connection, so the two workers share the guessing.
+    for password in ["wrong"] * 5 + ["pw"]:
+        async with aiohttp.ClientSession() as browser:
+            async with browser.get(f"{site}/accounts/login/") as form:
+                csrf = CSRF.search(await form.text()).group(1)
+            async with browser.post(
+                f"{site}/accounts/login/",
+                data={
+                    "csrfmiddlewaretoken": csrf,
+                    "username": "dave",
+                    "password": password,
+                },
+                allow_redirects=False,
+            ) as answer:
+                statuses.append(answer.status)
+                retry_after = answer.headers.get("Retry-After")
+
+    assert statuses == [200, 200, 200, 200, 429, 429]
+    assert retry_after is not None and int(retry_after) > 0

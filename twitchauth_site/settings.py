@@ -6,6 +6,7 @@ Django itself would not notice is reported by the system checks in `accounts/che
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -29,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "accounts",
 ]
 
@@ -40,7 +42,31 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout into our 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Sign-in throttling (django-axes), for /accounts/login/ and /admin/login/ alike:
+# after 5 failed attempts for one username from one client address, further
+# attempts answer 429 for 15 minutes; a success resets the count. Attempts live in
+# the database, so every worker and machine shares them; staff see and clear them
+# in the admin (Axes: access attempts).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.views.sign_in_locked_out"
+# The client address is REMOTE_ADDR only: behind a proxy, uvicorn's
+# --proxy-headers with --forwarded-allow-ips set to the proxy's address puts the
+# real client there. Trusting X-Forwarded-For from anyone would let an attacker
+# pick a fresh address for every guess.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# Passwords never reach axes' logs or tables; only usernames and addresses do.
+AXES_SENSITIVE_PARAMETERS = ["password"]
 
 ROOT_URLCONF = "twitchauth_site.urls"
 
