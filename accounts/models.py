@@ -16,6 +16,14 @@ class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
     def active(self) -> TwitchTokenQuerySet:
         return self.filter(status=TwitchToken.Status.ACTIVE)
 
+    def claimable(self, *, lapsed_before: datetime) -> TwitchTokenQuerySet:
+        """Tokens no run holds: never claimed, released, or whose lease lapsed
+        before `lapsed_before`."""
+        return self.filter(
+            models.Q(claimed_until__isnull=True)
+            | models.Q(claimed_until__lt=lapsed_before)
+        )
+
     def due_for_refresh(
         self, *, within: timedelta | None, now: datetime
     ) -> TwitchTokenQuerySet:

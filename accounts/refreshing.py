@@ -23,7 +23,6 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import DatabaseError, transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -46,7 +45,15 @@ LEASE_NEEDED = timedelta(minutes=5)
 VALIDATION_DUE_AFTER = timedelta(minutes=40)
 WRITE_BATCH = 100
 FLUSH_EVERY = 0.2  # seconds
-MAX_WRITE_FAILURES = 25  # about five seconds of a database that refuses writes
+# How long a run retries a database that refuses writes before it gives up and
+# leaves its pairs in the spool for the next run.
+STORE_PATIENCE = 60.0  # seconds
+# A lease that lapsed (its run died or hung) may hide a pair in that machine's
+# spool; another machine waits this much longer before claiming the token, time
+# for that machine's next cron run to store the pair.
+LEASE_GRACE = timedelta(minutes=20)
+# The lease of a token whose new pair could not be stored except in the spool.
+PINNED = timedelta(days=1)
 # Rotated token pairs a run may hold that the database has not stored yet; past
 # this, and while writes fail, it starts no new refresh.
 MAX_UNSTORED = 2 * WRITE_BATCH
@@ -102,24 +109,28 @@ class Report:
     seconds: float = 0.0
     # Tokens whose stored secret no configured key decrypts.
     undecryptable: int = 0
+    # Tokens not started within the run's budget: the next run takes them.
+    left: int = 0
 
     @property
     def handled_all(self) -> bool:
         return not self.counts[Outcome.FAILED]
 
     def summary(self) -> str:
+        left = f", left {self.left}" if self.left else ""
         return (
             f"refreshed {self.counts[Outcome.REFRESHED]}, "
             f"validated {self.counts[Outcome.VALIDATED]}, "
             f"needs reconnect {self.counts[Outcome.NEEDS_RECONNECT]}, "
             f"failed {self.counts[Outcome.FAILED]}, "
-            f"skipped {self.counts[Outcome.SKIPPED]} in {self.seconds:.1f} s"
+            f"skipped {self.counts[Outcome.SKIPPED]}{left} in {self.seconds:.1f} s"
         )
 
     def as_dict(self) -> dict[str, float | int]:
         data: dict[str, float | int] = {
             outcome.name.lower(): self.counts[outcome] for outcome in Outcome
         }
+        data["left"] = self.left
         data["seconds"] = round(self.seconds, 3)
         return data
 
@@ -153,6 +164,7 @@ class _Result:
     not_stored: bool = False  # revoked or re-claimed meanwhile
     store_failed: bool = False
     kept_in_spool: bool = False  # a grant that stays in the spool for the next run
+    spooled: bool = False  # the grant went into the spool when Twitch answered
 
     @property
     def outcome(self) -> Outcome:
@@ -200,6 +212,8 @@ async def amaintain_tokens(
     actor: AbstractBaseUser | None = None,
     concurrency: int = 20,
     attempts: int = 3,
+    budget: float | None = None,
+    store_patience: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Refresh and/or validate these tokens, `concurrency` at a time, at most once each.
@@ -208,14 +222,22 @@ async def amaintain_tokens(
     before Twitch is asked, and the answer is stored only while the lease holds.
     The new refresh token replaces the old one in the same UPDATE that stores it,
     and is in the spool (accounts/spool.py) from Twitch's answer until then.
+
+    `budget`: seconds after which no new token is started (the rest are counted as
+    left, for the next run). `store_patience`: how long a database that refuses
+    writes is retried (STORE_PATIENCE seconds by default) before the run gives up
+    (its pairs stay in the spool) and raises `DatabaseError`.
     """
-    await areplay_spool(source=source, actor=actor)
     run = _Run(
-        plan=plan, source=source, actor=actor, attempts=attempts, progress=progress
+        plan=plan,
+        source=source,
+        actor=actor,
+        attempts=attempts,
+        budget=budget,
+        store_patience=STORE_PATIENCE if store_patience is None else store_patience,
+        progress=progress,
     )
-    if len(pks) == 1:
-        return await run.handle_one(pks[0])
-    return await run.handle(pks, concurrency=concurrency)
+    return await run.handle(pks, concurrency=min(concurrency, max(len(pks), 1)))
 
 
 def maintain_tokens(**options: Any) -> Report:
@@ -227,8 +249,10 @@ class _Run:
     """One call of `amaintain_tokens`: claim, work, store, and the state they share.
 
     Claiming runs a little ahead of `concurrency` workers; a writer stores their
-    results every FLUSH_EVERY (or at once when WRITE_BATCH are waiting) and once
-    more when the workers are done. One token goes straight through the same steps.
+    results every FLUSH_EVERY, at once when WRITE_BATCH are waiting, and when the
+    workers are done (so one token goes straight through). Workers never raise and
+    always drain the queue, so the run ends only when every started token's result
+    is stored or kept in the spool.
     """
 
     def __init__(
@@ -238,102 +262,124 @@ class _Run:
         source: TokenEvent.Source,
         actor: AbstractBaseUser | None,
         attempts: int,
+        budget: float | None,
+        store_patience: float,
         progress: Callable[[int], None] | None,
     ) -> None:
         self.plan, self.source, self.actor = plan, source, actor
         self.attempts, self.progress = attempts, progress
+        self.started = time.monotonic()
+        self.start_before = None if budget is None else self.started + budget
+        self.store_patience = store_patience
         self.report = Report()
         self.pending: list[_Result] = []
         self.spool = spool.Spool()
         self.unstored = 0  # grants in memory and spool, not yet in the database
+        self.kept_in_spool = 0  # grants given up on, left for the next run
         self.write_lock = asyncio.Lock()
-        self.write_failures = 0
-        self.writes_failing = False
+        self.failing_since: float | None = None  # the database refusing writes
         self.gave_up = False
-        self.unstarted: list[TwitchToken] = []  # claimed, then left when we gave up
-        self.workers_done = asyncio.Event()
+        self.claim_failed = False
+        self.unstarted: list[TwitchToken] = []  # claimed, then not started
+        self.wake_writer = asyncio.Event()
+        self.workers_done = False
 
     async def handle(self, pks: list[int], *, concurrency: int) -> Report:
-        started = time.monotonic()
         queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=concurrency)
         writer = asyncio.create_task(self.write_regularly())
         try:
-            try:
-                await asyncio.gather(
+            failures = [
+                outcome
+                for outcome in await asyncio.gather(
                     self.claim_all(pks, queue, workers=concurrency),
                     *(self.work(queue) for _ in range(concurrency)),
+                    return_exceptions=True,
                 )
-            finally:
-                self.workers_done.set()
-                await writer
+                if isinstance(outcome, BaseException)
+            ]
+            self.workers_done = True
+            self.wake_writer.set()
+            await writer  # stores every result, or raises having kept them
+            if failures:
+                raise failures[0]
         finally:
+            if not writer.done():
+                self.workers_done = True
+                self.wake_writer.set()
+                await asyncio.wait([writer])
             await self.finish()
-        self.report.seconds = time.monotonic() - started
+        self.report.seconds = time.monotonic() - self.started
         return self.report
-
-    async def handle_one(self, pk: int) -> Report:
-        started = time.monotonic()
-        try:
-            claimed = await self.claim([pk])
-            if claimed:
-                await self.do(claimed[0])
-                while self.pending:
-                    await self.flush()
-                    if self.writes_failing:
-                        await asyncio.sleep(FLUSH_EVERY)
-        finally:
-            await self.finish()
-        self.report.seconds = time.monotonic() - started
-        return self.report
-
-    async def claim(self, pks: list[int]) -> list[TwitchToken]:
-        # A transaction with SELECT ... FOR UPDATE: sync ORM, on Django's sync thread.
-        claimed = (
-            [] if self.gave_up else await sync_to_async(_claim)(pks, plan=self.plan)
-        )
-        self.count_skipped(len(pks) - len(claimed))
-        return claimed
 
     async def claim_all(
         self, pks: list[int], queue: asyncio.Queue[TwitchToken | None], *, workers: int
     ) -> None:
         # Claim little ahead of the workers, so claimed tokens do not wait long.
         batch = max(2 * workers, 10)
-        for start in range(0, len(pks), batch):
-            for token in await self.claim(pks[start : start + batch]):
-                await queue.put(token)
-        for _ in range(workers):
-            await queue.put(None)
+        try:
+            for start in range(0, len(pks), batch):
+                chunk = pks[start : start + batch]
+                if self.gave_up or self.out_of_budget():
+                    self.leave(len(chunk))
+                    continue
+                for token in await self.claim(chunk):
+                    await queue.put(token)
+        except BaseException:
+            self.claim_failed = True
+            raise
+        finally:
+            # Always, so that every worker ends.
+            for _ in range(workers):
+                await queue.put(None)
+
+    async def claim(self, pks: list[int]) -> list[TwitchToken]:
+        # Pairs a dead run left must be stored before we may present any token.
+        await areplay_spool(source=self.source, actor=self.actor)
+        # A transaction with SELECT ... FOR UPDATE: sync ORM, on Django's sync thread.
+        claimed = await sync_to_async(_claim)(pks, plan=self.plan)
+        self.count_skipped(len(pks) - len(claimed))
+        return claimed
 
     async def work(self, queue: asyncio.Queue[TwitchToken | None]) -> None:
         while (token := await queue.get()) is not None:
             await self.wait_until_results_can_be_stored()
-            if self.gave_up:
-                self.count_skipped(1)
+            if self.gave_up or self.claim_failed or self.out_of_budget():
                 self.unstarted.append(token)
+                self.leave(1)
                 continue
-            await self.do(token)
-            if len(self.pending) >= WRITE_BATCH and not self.write_lock.locked():
-                await self.flush()
+            result = await _maintain_one(
+                token, plan=self.plan, attempts=self.attempts, keep=self.keep_durably
+            )
+            if result.grant is None and result.spooled:
+                self.unstored -= 1  # Twitch's answer turned out unusable
+            self.pending.append(result)
+            if len(self.pending) >= WRITE_BATCH:
+                self.wake_writer.set()
 
-    async def do(self, token: TwitchToken) -> None:
-        result = await _maintain_one(token, plan=self.plan, attempts=self.attempts)
-        if result.grant is not None:
-            self.keep_durably(result)
-        self.pending.append(result)
+    def out_of_budget(self) -> bool:
+        return self.start_before is not None and time.monotonic() > self.start_before
+
+    def leave(self, count: int) -> None:
+        """Tokens not started: left for the next run (or skipped when giving up)."""
+        if count:
+            self.report.left += count
+            if self.progress is not None:
+                self.progress(count)
 
     async def wait_until_results_can_be_stored(self) -> None:
         # A new refresh would rotate one more token that the database cannot
-        # take: wait until it takes what we hold.
+        # take: wait until it takes what we hold, or we give up.
         while not self.gave_up and (
-            self.writes_failing or self.unstored >= MAX_UNSTORED
+            self.failing_since is not None or self.unstored >= MAX_UNSTORED
         ):
             await asyncio.sleep(FLUSH_EVERY)
 
     @sensitive_variables()
     def keep_durably(self, result: _Result) -> None:
+        """Called when Twitch hands out a pair, before anything else is awaited."""
         assert result.grant is not None
         self.unstored += 1
+        result.spooled = True
         try:
             self.spool.add(
                 spool.Entry(
@@ -353,13 +399,14 @@ class _Run:
 
     async def write_regularly(self) -> None:
         while True:
-            if not self.workers_done.is_set():
+            if not self.workers_done:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.workers_done.wait(), FLUSH_EVERY)
+                    await asyncio.wait_for(self.wake_writer.wait(), FLUSH_EVERY)
+                self.wake_writer.clear()
             await self.flush()
-            if self.workers_done.is_set() and not self.pending:
+            if self.workers_done and not self.pending:
                 return
-            if self.writes_failing:
+            if self.failing_since is not None:
                 await asyncio.sleep(FLUSH_EVERY)
 
     async def flush(self) -> None:
@@ -374,24 +421,25 @@ class _Run:
                 )
             except DatabaseError:
                 # Twitch's answers (rotated refresh tokens among them) must not be
-                # dropped: keep them, in memory and in the spool, and retry.
-                self.write_failures += 1
-                self.writes_failing = True
-                logger.exception("could not store %s results; will retry", len(batch))
+                # dropped: they stay in memory and in the spool, and are retried.
                 self.pending[:0] = batch
-                if self.write_failures > MAX_WRITE_FAILURES:
+                now = time.monotonic()
+                self.failing_since = self.failing_since or now
+                logger.exception("could not store %s results; will retry", len(batch))
+                if now - self.failing_since > self.store_patience:
                     self.gave_up = True
                     raise
                 return
-            self.writes_failing = False
+            self.failing_since = None
         for result in batch:
             await self.count(result)
         if self.progress is not None:
             self.progress(len(batch))
 
     async def count(self, result: _Result) -> None:
-        if result.grant is not None and not result.kept_in_spool:
+        if result.grant is not None:
             self.unstored -= 1
+            self.kept_in_spool += result.kept_in_spool
         if Attempt.UNDECRYPTABLE in (result.refresh, result.validation):
             self.report.undecryptable += 1
         self.report.counts[result.outcome] += 1
@@ -411,7 +459,7 @@ class _Run:
             # Sync ORM (it catches DatabaseError itself): on Django's sync thread.
             await sync_to_async(_release_quietly)(self.unstarted)
         # Kept while any grant is not in the database: the next run stores it.
-        self.spool.close(keep=self.unstored > 0)
+        self.spool.close(keep=self.unstored > 0 or self.kept_in_spool > 0)
 
 
 def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
@@ -422,12 +470,16 @@ def _claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
         # SQLite has no row locks, but its IMMEDIATE transactions serialise claims.
         claimable = list(
             plan.due(TwitchToken.objects.active().filter(pk__in=pks), now=now)
-            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .claimable(lapsed_before=now - LEASE_GRACE)
             .select_for_update(skip_locked=True)
             .values_list("pk", flat=True)
         )
         TwitchToken.objects.filter(pk__in=claimable).update(claimed_until=lease)
-    return list(TwitchToken.objects.filter(pk__in=claimable).order_by("expires_at"))
+    return list(
+        TwitchToken.objects.filter(pk__in=claimable, claimed_until=lease).order_by(
+            "expires_at"
+        )
+    )
 
 
 def _release_quietly(tokens: list[TwitchToken]) -> None:
@@ -448,7 +500,15 @@ UNDECRYPTABLE = "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KE
 
 
 @sensitive_variables()
-async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Result:
+async def _maintain_one(
+    token: TwitchToken,
+    *,
+    plan: Plan,
+    attempts: int,
+    keep: Callable[[_Result], None],
+) -> _Result:
+    """Do what `plan` wants of one claimed token; `keep` gets a pair Twitch handed
+    out the moment it arrives."""
     assert token.claimed_until is not None
     result = _Result(token=token, lease=token.claimed_until)
     now = timezone.now()
@@ -465,12 +525,12 @@ async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Re
         return result
     try:
         if wants_refresh:
-            await _refresh(token, result, attempts=attempts)
+            await _refresh(token, result, attempts=attempts, keep=keep)
         if plan.wants_validation(token, now=now) and result.refresh in (
             None,
             Attempt.SUCCEEDED,
         ):
-            await _validate(token, result, attempts=attempts)
+            await _validate(token, result, attempts=attempts, keep=keep)
     except Exception:
         # One token's surprise must not cost the others their stored results.
         logger.exception("unexpected failure while maintaining token %s", token.pk)
@@ -483,7 +543,13 @@ async def _maintain_one(token: TwitchToken, *, plan: Plan, attempts: int) -> _Re
 
 
 @sensitive_variables()
-async def _refresh(token: TwitchToken, result: _Result, *, attempts: int) -> None:
+async def _refresh(
+    token: TwitchToken,
+    result: _Result,
+    *,
+    attempts: int,
+    keep: Callable[[_Result], None],
+) -> None:
     try:
         grant = await twitch.with_retries(
             lambda: twitch.refresh(token.refresh_token), attempts=attempts
@@ -495,27 +561,37 @@ async def _refresh(token: TwitchToken, result: _Result, *, attempts: int) -> Non
     except twitch.TwitchError as error:
         result.refresh, result.error = Attempt.UNAVAILABLE, str(error)
         return
-    if grant.expires_in is None:
-        # Twitch left the lifetime out (or sent nonsense): validating the new
-        # access token says how long it lives, and that Twitch really issued it.
+    # Twitch has most likely retired the old refresh token now: into the spool
+    # before anything else is awaited.
+    result.refresh, result.grant = Attempt.SUCCEEDED, grant
+    keep(result)
+    if grant.expires_in is None or grant.scopes is None:
+        # Twitch left a field out (or sent nonsense there): validating the new
+        # access token tells its lifetime and scopes, and that Twitch really
+        # issued it. A pair Twitch itself calls invalid is not stored: storing it
+        # would replace a refresh token that may well still work.
         try:
             result.info = await twitch.with_retries(
                 lambda: twitch.validate(grant.access_token), attempts=attempts
             )
             result.validation = Attempt.SUCCEEDED
         except twitch.InvalidCredential:
-            result.refresh = Attempt.UNAVAILABLE
+            result.refresh, result.grant = Attempt.UNAVAILABLE, None
             result.error = (
                 "Twitch's refresh answer held no usable token; the stored one is kept."
             )
-            return
         except twitch.TwitchError:
             pass  # kept, with an unknown expiry: the next run looks again
-    result.refresh, result.grant = Attempt.SUCCEEDED, grant
 
 
 @sensitive_variables()
-async def _validate(token: TwitchToken, result: _Result, *, attempts: int) -> None:
+async def _validate(
+    token: TwitchToken,
+    result: _Result,
+    *,
+    attempts: int,
+    keep: Callable[[_Result], None],
+) -> None:
     if result.validation is not None:
         return  # the refresh validated its new token already
     access = result.grant.access_token if result.grant else token.access_token
@@ -533,7 +609,7 @@ async def _validate(token: TwitchToken, result: _Result, *, attempts: int) -> No
         else:
             result.error = str(error)
             # An invalid access token is what refreshing is for.
-            await _refresh(token, result, attempts=attempts)
+            await _refresh(token, result, attempts=attempts, keep=keep)
     except twitch.TwitchError as error:
         result.validation = Attempt.UNAVAILABLE
         if result.grant is None:
@@ -569,9 +645,12 @@ def _store_results(
 def _give_up_storing(result: _Result) -> None:
     result.store_failed, result.error = True, "Could not be stored; see the logs."
     if result.grant is not None:
-        # Its lease stays: nobody may refresh with the old token before the next
-        # run has stored this grant from the spool.
+        # Pinned: nobody may present the old refresh token before a later run has
+        # stored this grant from the spool (the replay releases the pin).
         result.kept_in_spool = True
+        TwitchToken.objects.filter(pk=result.token.pk).update(
+            claimed_until=timezone.now() + PINNED, last_error=result.error
+        )
         return
     TwitchToken.objects.filter(pk=result.token.pk, claimed_until=result.lease).update(
         claimed_until=None, last_error=result.error
@@ -787,12 +866,9 @@ def _replay_one(
             "last_error": "",
             "updated_at": timezone.now(),
         }
-        # The run that died held this lease; nobody else can be using it.
-        if row.claimed_until is not None and (
-            row.claimed_until.isoformat() == entry.lease
-            or row.claimed_until < timezone.now()
-        ):
-            changes["claimed_until"] = None
+        # Whoever holds the lease now (the run that died, a pin) could only present
+        # the refresh token this pair replaced: the lease ends here.
+        changes["claimed_until"] = None
         TwitchToken.objects.filter(pk=row.pk).update(**changes)
         TokenEvent.objects.create(
             token=row,
@@ -813,9 +889,17 @@ class NoUsableToken(Exception):
     waiting for the user to reconnect)."""
 
 
+class TokenStoreUnavailable(NoUsableToken):
+    """The database refused to store a refreshed token just now. Nothing is lost
+    (the pair waits in the spool for the next run); try again later."""
+
+
 # How long site code waits for another process (cron, another request) that holds a
 # token's lease to store the pair it is fetching, before giving up.
 LEASE_WAIT = 15.0  # seconds
+# Site code waits this long for a database that refuses writes (a cron run waits
+# longer: nobody is waiting for it).
+SITE_STORE_PATIENCE = 5.0  # seconds
 
 
 @asynccontextmanager
@@ -896,12 +980,17 @@ async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
     (a cron run, another request) and use the pair it stores."""
     deadline = time.monotonic() + LEASE_WAIT
     while True:
-        report = await amaintain_tokens(
-            pks=[token.pk],
-            plan=Plan(refresh_within=None, validate=False),
-            source=TokenEvent.Source.SITE,
-            concurrency=1,
-        )
+        try:
+            report = await amaintain_tokens(
+                pks=[token.pk],
+                plan=Plan(refresh_within=None, validate=False),
+                source=TokenEvent.Source.SITE,
+                store_patience=SITE_STORE_PATIENCE,
+            )
+        except DatabaseError:
+            raise TokenStoreUnavailable(
+                "The database cannot store the refreshed Twitch token just now."
+            ) from None
         while True:
             current = await TwitchToken.objects.filter(pk=token.pk).afirst()
             if current is None or not current.is_usable:
@@ -914,7 +1003,8 @@ async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
                 raise twitch.TwitchUnavailable(
                     current.last_error or "Twitch could not refresh the token."
                 )
-            if current.claimed_until is None or current.claimed_until < timezone.now():
+            lapsed_before = timezone.now() - LEASE_GRACE
+            if current.claimed_until is None or current.claimed_until < lapsed_before:
                 break  # the lease is free and nothing changed: refresh it ourselves
             if time.monotonic() > deadline:
                 raise twitch.TwitchUnavailable(

@@ -24,7 +24,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
-from accounts.refreshing import NoUsableToken, twitch_for
+from accounts.refreshing import NoUsableToken, TokenStoreUnavailable, twitch_for
 from accounts.twitch import (
     KNOWN_SCOPES,
     InvalidCredential,
@@ -39,6 +39,7 @@ __all__ = [
     "InvalidCredential",
     "NoUsableToken",
     "RevokeOutcome",
+    "TokenStoreUnavailable",
     "TwitchError",
     "TwitchRejected",
     "TwitchUnavailable",
@@ -194,7 +195,12 @@ async def revoke_token(
     else:
         outcome = RevokeOutcome.ALREADY_INVALID
     # The row and its audit event in one transaction: on Django's sync thread.
-    await sync_to_async(_wipe)(token=token, outcome=outcome, source=source, actor=actor)
+    stored_meanwhile = await sync_to_async(_wipe)(
+        token=token, outcome=outcome, source=source, actor=actor
+    )
+    if stored_meanwhile:
+        # A refresh stored a new pair while we talked to Twitch: end it too.
+        await twitch.revoke_quietly(stored_meanwhile)
     await signals.token_revoked.asend(sender=TwitchToken, token=token)
     return outcome
 
@@ -244,13 +250,18 @@ def _wipe(
     outcome: RevokeOutcome,
     source: TokenEvent.Source,
     actor: AbstractBaseUser | None,
-) -> None:
+) -> str:
+    """Wipe the row; return an access token it gained since `token` was read."""
     event_outcome, detail, last_error = _REVOKE_RECORDS[outcome]
-    token.wipe_secrets()
-    token.status = TwitchToken.Status.REVOKED
-    token.claimed_until = None
-    token.last_error = last_error
     with transaction.atomic():
+        current = TwitchToken.objects.select_for_update().filter(pk=token.pk).first()
+        stored_meanwhile = ""
+        if current is not None and current.access_token != token.access_token:
+            stored_meanwhile = current.access_token
+        token.wipe_secrets()
+        token.status = TwitchToken.Status.REVOKED
+        token.claimed_until = None
+        token.last_error = last_error
         token.save(
             update_fields=[
                 "access_token",
@@ -269,6 +280,7 @@ def _wipe(
             actor=actor,
             detail=detail,
         )
+    return stored_meanwhile
 
 
 async def connection_for(*, user: AbstractBaseUser) -> TwitchToken | None:

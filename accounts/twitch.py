@@ -363,6 +363,17 @@ class UserClient(Twitch):
                 self._user_auth_token, self._user_auth_refresh_token
             )
 
+    async def get_refreshed_user_auth_token(self) -> str | None:
+        # twitchAPI's Chat and EventSub websocket call this; its own version
+        # validates on a session with a 300-second timeout and refreshes by itself.
+        if self._user_auth_token is None:
+            return None
+        try:
+            await validate(self._user_auth_token)
+        except InvalidCredential:
+            await self.refresh_used_token()
+        return self._user_auth_token
+
     async def _api_request(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
         try:
             return await super()._api_request(*args, **kwargs)

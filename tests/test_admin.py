@@ -644,3 +644,40 @@ def test_the_list_s_own_filters_still_work(admin_client, alice, sandbox):
     make_token(alice, sandbox)
     for query in ["status__exact=active", "login=alice", "user__id__exact=1"]:
         assert admin_client.get(f"{TOKENS}?{query}").status_code == 200
+
+
+def test_a_slow_twitch_bounds_the_refresh_action_and_leaves_the_rest_to_cron(
+    admin_client, make_user, sandbox, monkeypatch
+):
+    import aiohttp
+
+    from accounts import admin as token_admin
+
+    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
+    monkeypatch.setattr(token_admin, "ACTION_START_BUDGET", 0.2)
+    tokens = [make_token(make_user(f"viewer{n}"), sandbox) for n in range(30)]
+    sandbox.set_latency(2.0, endpoint="token")
+
+    started = time.monotonic()
+    response = act(admin_client, "refresh_tokens", tokens)
+    elapsed = time.monotonic() - started
+
+    [(level, message)] = said(response)
+    assert level == "warning"
+    assert "20 done, 10 left for the next cron run" in message
+    assert elapsed < 3
+    assert not TwitchToken.objects.filter(claimed_until__isnull=False).exists()
+
+
+def test_a_database_that_refuses_writes_is_an_error_message_not_a_500(
+    admin_client, alice, sandbox
+):
+    from tests.conftest import database_refuses_token_writes
+
+    token = make_token(alice, sandbox)
+    with database_refuses_token_writes():
+        response = act(admin_client, "refresh_tokens", [token])
+
+    assert response.status_code == 200
+    [(level, message)] = said(response)
+    assert level == "error" and "database refused writes" in message

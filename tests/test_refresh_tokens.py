@@ -16,7 +16,7 @@ import time_machine
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import DatabaseError, connection, connections
 from django.utils import timezone
 
 from accounts import refreshing, services, signals, twitch
@@ -670,7 +670,7 @@ def test_no_new_refresh_starts_while_the_database_refuses_to_store_them(
     django_user_model, sandbox, monkeypatch
 ):
     monkeypatch.setattr(refreshing, "FLUSH_EVERY", 0.02)
-    monkeypatch.setattr(refreshing, "MAX_WRITE_FAILURES", 5)
+    monkeypatch.setattr(refreshing, "STORE_PATIENCE", 0.2)
     tokens = [
         expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
         for n in range(30)
@@ -833,3 +833,99 @@ def test_verbosity_0_prints_nothing_when_all_went_well(alice, sandbox):
     assert refresh_tokens("--verbosity", "0") == ""
     assert refresh_tokens("--dry-run", "--verbosity", "0") == ""
     assert sandbox.count("token") == 1
+
+
+# --- A rotated pair is never only in memory ------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_run_stopped_while_validating_a_new_pair_keeps_it_for_the_next(
+    alice, sandbox
+):
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+
+    token = await sync_to_async(
+        lambda: expiring(make_token(alice, sandbox, last_validated_at=None))
+    )()
+    sandbox.hang("validate")  # the follow-up validation never answers
+    run = asyncio.create_task(
+        refreshing.amaintain_tokens(
+            pks=[token.pk], plan=refreshing.Plan(), source=TokenEvent.Source.COMMAND
+        )
+    )
+    while sandbox.count("token") == 0:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.1)
+    run.cancel()  # a deploy, a dropped request, a kill: Twitch has rotated
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    sandbox.clear_faults()
+
+    await refreshing.areplay_spool(source=TokenEvent.Source.COMMAND)
+
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.refresh_token != token.refresh_token
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert stored.claimed_until is None
+
+
+def test_a_claim_that_fails_midway_still_stores_what_was_refreshed(
+    django_user_model, sandbox, monkeypatch
+):
+    tokens = [
+        expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
+        for n in range(15)
+    ]
+    claim, calls = refreshing._claim, []
+
+    def claim_then_fail(pks, **kwargs):
+        calls.append(pks)
+        if len(calls) > 1:
+            raise DatabaseError("the database went away")
+        return claim(pks, **kwargs)
+
+    monkeypatch.setattr(refreshing, "_claim", claim_then_fail)
+    with pytest.raises(CommandError):
+        refresh_tokens("--no-validate", "--concurrency", "1")
+
+    refreshed = TwitchToken.objects.filter(last_refreshed_at__isnull=False)
+    assert refreshed.count() == sandbox.count("token") == 10  # the first batch
+    for token in refreshed:
+        assert sandbox.is_refresh_token_valid(token.refresh_token)
+        assert token.claimed_until is None
+    assert len(tokens) - refreshed.count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_given_up_results_do_not_stall_the_run(django_user_model, sandbox, monkeypatch):
+    import threading
+
+    tokens = [
+        expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
+        for n in range(4)
+    ]
+    monkeypatch.setattr(refreshing, "MAX_UNSTORED", 1)
+    monkeypatch.setattr(
+        refreshing,
+        "_changes",
+        lambda result, **kwargs: (_ for _ in ()).throw(RuntimeError("a bug")),
+    )
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            with contextlib.suppress(CommandError):
+                refresh_tokens("--no-validate", "--concurrency", "1")
+            done.set()
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    assert done.wait(20), "the run hung"
+    # Every pair is kept for the next run, its token pinned meanwhile.
+    assert all(
+        TwitchToken.objects.get(pk=t.pk).claimed_until > timezone.now() for t in tokens
+    )

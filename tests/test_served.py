@@ -106,3 +106,51 @@ async def test_sign_in_throttling_holds_across_workers(site, django_user_model):
 
     assert statuses == [200, 200, 200, 200, 429, 429]
     assert retry_after is not None and int(retry_after) > 0
+
+
+def test_healthz_answers_503_soon_when_postgresql_accepts_but_never_answers(sandbox):
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import BASE_DIR, _wait_until_listening, free_port, process_env
+
+    # A "database" that accepts connections and then says nothing, ever.
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(16)
+    held: list[socket.socket] = []
+    threading.Thread(
+        target=lambda: [held.append(black_hole.accept()[0]) for _ in range(16)],
+        daemon=True,
+    ).start()
+    port = free_port()
+    env = process_env(sandbox, ALLOWED_HOSTS="localhost")
+    env["DATABASE_URL"] = (
+        f"postgres://nobody@127.0.0.1:{black_hole.getsockname()[1]}/hung"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "twitchauth_site.asgi:application"]
+        + ["--port", str(port), "--log-level", "warning"],
+        cwd=BASE_DIR,
+        env=env,
+    )
+    try:
+        _wait_until_listening(port, server)
+        started = time.monotonic()
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://localhost:{port}/healthz", timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        black_hole.close()
+        for connection in held:
+            connection.close()
+
+    assert answer.value.code == 503
+    assert elapsed < 6, f"{elapsed:.1f} s"

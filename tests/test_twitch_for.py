@@ -257,3 +257,27 @@ async def _until(condition, *, timeout: float) -> None:
     while not await condition():
         assert time.monotonic() < deadline, "timed out waiting"
         await asyncio.sleep(0.05)
+
+
+async def test_a_database_that_refuses_the_refresh_is_a_clear_error_and_loses_nothing(
+    alice, sandbox
+):
+    from accounts.services import TokenStoreUnavailable
+    from tests.conftest import adatabase_refuses_token_writes
+
+    token = await amake_token(alice, sandbox, expires_in=60)
+    started = time.monotonic()
+    async with adatabase_refuses_token_writes(only_column="refresh_token"):
+        with pytest.raises(TokenStoreUnavailable):
+            async with twitch_for(alice):
+                pass
+    assert time.monotonic() - started < 15
+
+    async with twitch_for(alice) as client:  # the pair comes back from the spool
+        me = await first(client.get_users())
+
+    assert me.login == "alice"
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.refresh_token != token.refresh_token
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert sandbox.count("token", grant_type="refresh_token") == 1

@@ -731,3 +731,41 @@ async def test_a_token_that_does_not_expire_says_so_on_the_home_page(
     token = await TwitchToken.objects.aget()
     assert token.expires_at is None
     assert "never" in page(await alice_client.get("/"))
+
+
+async def test_a_refresh_stored_while_disconnecting_is_revoked_too(
+    alice_client, sandbox
+):
+    from accounts import refreshing
+
+    await connect_twitch(alice_client, login="alicestreams")
+    token = await TwitchToken.objects.aget()
+    await TwitchToken.objects.filter(pk=token.pk).aupdate(expires_at=timezone.now())
+    sandbox.set_latency(0.5, endpoint="revoke")
+
+    async def refresh_meanwhile() -> None:
+        await asyncio.sleep(0.1)
+        await refreshing.amaintain_tokens(
+            pks=[token.pk],
+            plan=refreshing.Plan(validate=False),
+            source=TokenEvent.Source.COMMAND,
+        )
+
+    await asyncio.gather(alice_client.post("/twitch/disconnect/"), refresh_meanwhile())
+
+    assert sandbox.count("token", grant_type="refresh_token") == 1
+    assert sandbox.live_tokens("alicestreams").access == []
+    stored = await TwitchToken.objects.aget()
+    assert stored.status == TwitchToken.Status.REVOKED and stored.refresh_token == ""
+
+
+async def test_a_database_error_on_a_page_is_a_503_with_a_sentence(
+    alice_client, sandbox
+):
+    await connect_twitch(alice_client, login="alicestreams")
+    async with adatabase_refuses_token_writes():
+        response = await alice_client.post("/twitch/disconnect/")
+
+    assert response.status_code == 503
+    assert "database is not answering" in page(response)
+    assert response["Retry-After"] == "60"

@@ -42,6 +42,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # A database that refuses or does not answer is a 503 page, not a 500.
+    "accounts.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it turns a lockout into our 429 page.
     "axes.middleware.AxesMiddleware",
 ]
@@ -101,6 +103,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that accepts connections but never answers must not hang pages:
+    # connecting gives up after DATABASE_CONNECT_TIMEOUT, and the server ends any
+    # statement (a lock wait included) after DATABASE_STATEMENT_TIMEOUT.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=4),
+            "options": "-c statement_timeout="
+            f"{env.int('DATABASE_STATEMENT_TIMEOUT', default=30) * 1000}",
         }
     )
 
