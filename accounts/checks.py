@@ -143,3 +143,32 @@ def check_base_urls(**kwargs: Any) -> list[checks.CheckMessage]:
                 )
             )
     return errors
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_https_to_twitch(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Outside DEBUG, Twitch is reached and returned to over HTTPS only: the code,
+    the client secret and every token travel on these URLs."""
+    if settings.DEBUG:
+        return []
+    warnings = []
+    if urlsplit(settings.TWITCH_REDIRECT_URI).scheme == "http":
+        warnings.append(
+            checks.Warning(
+                "TWITCH_REDIRECT_URI is http://: the OAuth code reaches the site "
+                "unencrypted.",
+                hint="Use an https:// URL (Twitch allows http only for localhost).",
+                id="accounts.W006",
+            )
+        )
+    for name in ("TWITCH_AUTH_BASE_URL", "TWITCH_API_BASE_URL"):
+        if urlsplit(getattr(settings, name)).scheme == "http":
+            warnings.append(
+                checks.Warning(
+                    f"{name} is http://: the client secret and tokens would travel "
+                    "unencrypted.",
+                    hint="Leave it unset for Twitch itself (https).",
+                    id="accounts.W007",
+                )
+            )
+    return warnings

@@ -28,6 +28,7 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
             "accounts/failure.html",
             {
                 "title": "Please try again in a minute",
+                "CSP_NONCE": getattr(request, "csp_nonce", ""),
                 "sentence": (
                     "This site's database is not answering just now, so nothing was "
                     "changed. Please try again in a minute."

@@ -17,9 +17,11 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import oauth_state, services
+from accounts.checks import check_encryption_keys
 from accounts.models import TokenEvent, TwitchToken
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,10 @@ async def arender(
     return await sync_to_async(render)(request, template, context, status=status)
 
 
+# Pages about a user's connection are never kept by browsers or proxies.
 @require_GET
 @login_required
+@never_cache
 async def home(request: HttpRequest) -> HttpResponse:
     token = await services.connection_for(user=await request.auser())
     return await arender(request, "accounts/home.html", {"token": token})
@@ -54,6 +58,7 @@ async def home(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @login_required
+@never_cache
 async def connect(request: HttpRequest) -> HttpResponse:
     authorize_url = await oauth_state.begin_connect(
         session=request.session,
@@ -66,6 +71,7 @@ async def connect(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
+@never_cache
 async def callback(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     if not user.is_authenticated:
@@ -78,7 +84,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
     error = request.GET.get("error", "")
     if not state:
         if error:
-            return await _twitch_error(request, error)
+            return await _twitch_error(request, error, from_our_flow=False)
         return await _failure(
             request,
             "This Twitch sign-in link is incomplete. "
@@ -95,7 +101,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     if error:
-        return await _twitch_error(request, error)
+        return await _twitch_error(request, error, from_our_flow=True)
     code = request.GET.get("code", "")
     if not code:
         return await _failure(
@@ -149,6 +155,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
 
 @require_POST
 @login_required
+@never_cache
 async def disconnect(request: HttpRequest) -> HttpResponse:
     user = await request.auser()
     token = await services.connection_for(user=user)
@@ -224,27 +231,51 @@ def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpR
 
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database answers and the stored tokens can be decrypted;
+    otherwise 503, naming what is wrong (for load balancers and monitoring)."""
+    keys = "ok" if not check_encryption_keys() else "misconfigured"
     try:
         # A raw cursor has no async API.
-        await sync_to_async(_ping_database)()
+        tokens = await sync_to_async(_ping_database)()
     except DatabaseError:
-        return JsonResponse({"status": "error", "database": "unavailable"}, status=503)
-    return JsonResponse({"status": "ok", "database": "ok"})
+        body = {"status": "error", "database": "unavailable", "keys": keys}
+        return JsonResponse(body, status=503)
+    body = {"status": "ok", "database": "ok", "keys": keys, "tokens": tokens}
+    if keys != "ok" or tokens != "ok":
+        body["status"] = "error"
+        return JsonResponse(body, status=503)
+    return JsonResponse(body)
 
 
-def _ping_database() -> None:
+def _ping_database() -> str:
+    """Ask the database, and try to decrypt the most recently written token."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+    latest = (
+        TwitchToken.objects.active()
+        .exclude(refresh_token="")
+        .order_by("-updated_at")
+        .only("access_token", "refresh_token")
+        .first()
+    )
+    return "undecryptable" if latest and latest.is_undecryptable else "ok"
 
 
-async def _twitch_error(request: HttpRequest, error: str) -> HttpResponse:
+async def _twitch_error(
+    request: HttpRequest, error: str, *, from_our_flow: bool
+) -> HttpResponse:
+    """The page for an OAuth error. `from_our_flow`: it came with a valid pending
+    state, so it really is Twitch answering this site (anyone can craft the link)."""
     if error == "access_denied":
         sentence = (
             "You cancelled the connection on Twitch, so nothing was connected. "
             "Press Connect Twitch whenever you are ready."
         )
     elif error == "redirect_mismatch":
-        logger.error("Twitch reports redirect_mismatch: check TWITCH_REDIRECT_URI")
+        if from_our_flow:
+            logger.error("Twitch reports redirect_mismatch: check TWITCH_REDIRECT_URI")
+        else:
+            logger.info("a callback without a valid state says redirect_mismatch")
         sentence = (
             "Twitch does not recognise this site's return address, so the connection "
             "cannot finish. Please tell the site's staff."

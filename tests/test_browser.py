@@ -13,6 +13,7 @@ import os
 import shutil
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from accounts.models import TwitchToken
 
@@ -43,12 +44,40 @@ async def browser():
         await chromium.close()
 
 
-async def sign_in(browser, site: str, username: str):
+# Every page records the Content-Security-Policy violations Chromium reports.
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(`${event.violatedDirective} ${event.blockedURI}`);
+});
+"""
+
+
+async def new_page(browser):
     page = await browser.new_page()
-    await page.goto(f"{site}/")  # the login page, since nobody is signed in
+    await page.add_init_script(RECORD_CSP_VIOLATIONS)
+    page.csp_console = []
+    page.on(
+        "console",
+        lambda message: (
+            "Content Security Policy" in message.text
+            and page.csp_console.append(message.text)
+        ),
+    )
+    return page
+
+
+async def assert_no_csp_violations(page) -> None:
+    violations = await page.evaluate("window.__cspViolations || []")
+    assert violations == [] and page.csp_console == [], (violations, page.url)
+
+
+async def sign_in(browser, site: str, username: str, *, at: str = "/"):
+    page = await new_page(browser)
+    await page.goto(f"{site}{at}")  # the login page, since nobody is signed in
     await page.fill("input[name=username]", username)
     await page.fill("input[name=password]", "pw")
-    await page.click("button[type=submit]")
+    await page.click("[type=submit]")
     return page
 
 
@@ -64,10 +93,12 @@ async def test_a_person_connects_and_disconnects_twitch_in_a_browser(
 
     await page.wait_for_selector("text=Connected as danastreams on Twitch.")
     assert "Connected as danastreams" in await page.inner_text("main")
+    await assert_no_csp_violations(page)
     assert await TwitchToken.objects.filter(login="danastreams").aexists()
 
     await page.click("text=Disconnect")
     await page.wait_for_selector("text=Disconnected danastreams:")
+    await assert_no_csp_violations(page)
     token = await TwitchToken.objects.aget(login="danastreams")
     assert token.status == TwitchToken.Status.REVOKED
 
@@ -83,3 +114,35 @@ async def test_cancelling_on_twitch_lands_on_a_friendly_page(
 
     await page.wait_for_selector("text=You cancelled the connection on Twitch")
     assert not await TwitchToken.objects.aexists()
+
+
+async def test_the_site_and_the_admin_satisfy_the_content_security_policy(
+    site, sandbox, browser, django_user_model
+):
+    from tests.conftest import make_token
+
+    staff = await django_user_model.objects.acreate_superuser("frank", password="pw")
+    token = await sync_to_async(make_token)(staff, sandbox)
+    page = await sign_in(browser, site, "frank", at="/admin/")
+    await page.wait_for_selector("text=Site administration")
+
+    for path in [
+        "/admin/",
+        "/admin/accounts/twitchtoken/",
+        f"/admin/accounts/twitchtoken/{token.pk}/change/",
+        "/admin/accounts/tokenevent/",
+        "/admin/auth/user/",
+        "/admin/axes/accessattempt/",
+        "/",
+        "/twitch/callback/",  # a failure page
+    ]:
+        response = await page.goto(f"{site}{path}")
+        assert response.status < 500, path
+        await assert_no_csp_violations(page)
+    # The revoke confirmation page, through the action.
+    await page.goto(f"{site}/admin/accounts/twitchtoken/")
+    await page.check(f"input[name=_selected_action][value='{token.pk}']")
+    await page.select_option("select[name=action]", "revoke_tokens")
+    await page.click("button[name=index]")
+    await page.wait_for_selector("text=Revoke")
+    await assert_no_csp_violations(page)

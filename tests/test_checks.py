@@ -77,3 +77,33 @@ def test_the_check_command_really_fails_on_a_misconfiguration(settings):
     settings.TWITCH_SCOPES = ["no spaces!"]
     with pytest.raises(SystemCheckError, match="no spaces!"):
         call_command("check")
+
+
+def test_http_urls_to_twitch_warn_at_deploy_outside_debug(settings):
+    settings.DEBUG = False
+    settings.TWITCH_REDIRECT_URI = "http://example.com/twitch/callback/"
+    settings.TWITCH_AUTH_BASE_URL = "http://id.twitch.tv/oauth2/"
+    settings.TWITCH_API_BASE_URL = "https://api.twitch.tv/helix/"
+    assert ids(checks.check_https_to_twitch()) == ["accounts.W006", "accounts.W007"]
+
+    settings.DEBUG = True
+    assert checks.check_https_to_twitch() == []
+
+
+def test_https_urls_to_twitch_pass_the_deploy_check(settings):
+    settings.DEBUG = False
+    settings.TWITCH_REDIRECT_URI = "https://example.com/twitch/callback/"
+    settings.TWITCH_AUTH_BASE_URL = "https://id.twitch.tv/oauth2/"
+    settings.TWITCH_API_BASE_URL = "https://api.twitch.tv/helix/"
+    assert checks.check_https_to_twitch() == []
+
+
+def test_the_deploy_check_runs_only_with_deploy(settings):
+    from django.core import checks as django_checks
+
+    settings.DEBUG = False
+    settings.TWITCH_REDIRECT_URI = "http://example.com/twitch/callback/"
+    plain = django_checks.run_checks(include_deployment_checks=False)
+    deploy = django_checks.run_checks(include_deployment_checks=True)
+    assert "accounts.W006" not in ids(plain)
+    assert "accounts.W006" in ids(deploy)

@@ -494,7 +494,79 @@ async def test_disconnect_with_nothing_connected_says_so(alice_client, sandbox):
 def test_healthz_answers_when_the_database_does(client):
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "keys": "ok",
+        "tokens": "ok",
+    }
+
+
+def test_healthz_reports_tokens_no_key_can_decrypt(client, alice, sandbox, settings):
+    from cryptography.fernet import Fernet
+
+    make_token(alice, sandbox)
+    settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json()["tokens"] == "undecryptable"
+
+
+@pytest.mark.parametrize("keys", [[], ["not-a-key"]])
+def test_healthz_names_missing_or_malformed_keys(client, settings, keys):
+    settings.TOKEN_ENCRYPTION_KEYS = keys
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["keys"] == "misconfigured"
+
+
+def test_home_says_an_undecryptable_connection_cannot_be_used_now(
+    client, alice, sandbox, settings
+):
+    from cryptography.fernet import Fernet
+
+    make_token(alice, sandbox)
+    settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    client.force_login(alice)
+
+    home = page(client.get("/"))
+
+    assert "cannot be used right now" in home
+    assert ">Active<" not in home
+
+
+def test_pages_about_the_connection_are_never_cached(client, alice, sandbox):
+    make_token(alice, sandbox)
+    client.force_login(alice)
+    for response in (client.get("/"), client.get("/twitch/callback/")):
+        assert "no-store" in response["Cache-Control"]
+
+
+def test_every_page_sends_a_content_security_policy(client, alice):
+    client.force_login(alice)
+    response = client.get("/")
+    policy = response["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "'unsafe-inline'" not in policy.split("style-src-attr")[0]
+    nonce = policy.split("'nonce-")[1].split("'")[0]
+    assert f'<style nonce="{nonce}">' in page(response)
+
+
+async def test_a_redirect_mismatch_alerts_operators_only_from_our_own_flow(
+    alice_client, caplog
+):
+    # Anyone can send a browser to this link: it is not Twitch talking.
+    await alice_client.get("/twitch/callback/", {"error": "redirect_mismatch"})
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+    state = (await start_connect(alice_client))["state"]
+    await alice_client.get(
+        "/twitch/callback/", {"error": "redirect_mismatch", "state": state}
+    )
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "TWITCH_REDIRECT_URI" in errors[0].getMessage()
 
 
 def test_home_shows_expiry_in_hours_and_minutes(client, alice: User, sandbox):

@@ -14,6 +14,19 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "twitchauth_site.settings")
 
 application = get_asgi_application()
 
+# Refuse to serve without usable encryption keys: every token the site stores or
+# reads would fail. (`manage.py check` names the same problem as accounts.E005/E006.)
+if not settings.DEBUG:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from accounts.checks import check_encryption_keys
+
+    if problems := check_encryption_keys():
+        raise ImproperlyConfigured(
+            "; ".join(f"{p.id}: {p.msg}" for p in problems)
+            + " The site does not start without usable TOKEN_ENCRYPTION_KEYS."
+        )
+
 # uvicorn's access log would otherwise record the callback's code in its URL.
 logging.getLogger("uvicorn.access").addFilter(RedactOAuthParameters())
 
