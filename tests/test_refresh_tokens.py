@@ -793,9 +793,13 @@ def test_an_undecryptable_token_is_recorded_as_such_not_as_twitch_failing(
     else:
         TwitchToken.objects.filter(pk=token.pk).update(last_validated_at=None)
     settings.TOKEN_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    errors = io.StringIO()
 
     with pytest.raises(CommandError, match="TOKEN_ENCRYPTION_KEYS"):
-        refresh_tokens()
+        call_command("refresh_tokens", stdout=io.StringIO(), stderr=errors)
+
+    assert "cannot decrypt: check TOKEN_ENCRYPTION_KEYS" in errors.getvalue()
+    assert "Twitch failed" not in errors.getvalue()
 
     event = TokenEvent.objects.get(token=token)
     action = "refresh" if due == "refresh" else "validate"

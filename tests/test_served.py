@@ -154,3 +154,27 @@ def test_healthz_answers_503_soon_when_postgresql_accepts_but_never_answers(sand
 
     assert answer.value.code == 503
     assert elapsed < 6, f"{elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("keys", ["", "not-a-fernet-key"])
+def test_the_site_refuses_to_start_without_usable_encryption_keys(sandbox, keys):
+    import subprocess
+    import sys
+
+    from tests.conftest import BASE_DIR, free_port, process_env
+
+    env = process_env(sandbox, ALLOWED_HOSTS="localhost")
+    env["TOKEN_ENCRYPTION_KEYS"] = keys
+    server = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "twitchauth_site.asgi:application"]
+        + ["--port", str(free_port()), "--log-level", "warning"],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert server.returncode != 0
+    assert "TOKEN_ENCRYPTION_KEYS" in server.stderr
+    assert ("accounts.E006" if not keys else "accounts.E005") in server.stderr
