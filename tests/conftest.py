@@ -66,6 +66,13 @@ async def _close_connections(django_db_setup) -> AsyncIterator[None]:
 
 
 @pytest.fixture
+def short_timeout(monkeypatch) -> None:
+    """Twitch calls time out after 0.5 s (8 s in production) and retry at once."""
+    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
+    monkeypatch.setattr(twitch, "RETRY_BASE_DELAY", 0.01)
+
+
+@pytest.fixture
 def alice(django_user_model: type[User]) -> User:
     return django_user_model.objects.create_user("alice", "alice@example.com", "pw")
 

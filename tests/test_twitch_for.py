@@ -8,7 +8,6 @@ import sys
 import time
 from datetime import timedelta
 
-import aiohttp
 import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
@@ -129,12 +128,6 @@ async def test_a_grant_that_dies_mid_use_raises_no_usable_token_from_the_call(
 
     stored = await TwitchToken.objects.aget(pk=token.pk)
     assert stored.status == TwitchToken.Status.NEEDS_RECONNECT
-
-
-@pytest.fixture
-def short_timeout(monkeypatch):
-    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
-    monkeypatch.setattr(twitch, "RETRY_BASE_DELAY", 0.01)
 
 
 async def test_a_hung_helix_raises_twitch_unavailable_within_the_timeout(
