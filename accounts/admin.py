@@ -35,6 +35,11 @@ from accounts.models import TokenEvent, TwitchToken
 from accounts.templatetags.twitchauth import expires_in
 
 SECRETS = ("access_token", "refresh_token")
+BADGE = (
+    '<span style="background: {}; color: #fff; border-radius: 4px; '
+    'padding: 1px 6px; white-space: nowrap">{}</span>'
+)
+MISSING_SCOPES_COLOUR = "#7a5c00"
 STATUS_COLOURS = {
     TwitchToken.Status.ACTIVE: "#2e7d32",
     TwitchToken.Status.NEEDS_RECONNECT: "#e65100",
@@ -93,6 +98,24 @@ class SafeLookups:
         if parts & UNFILTERABLE or parts & UNSAFE_LOOKUPS:
             return False
         return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
+
+
+class MissingScopesFilter(admin.SimpleListFilter):
+    title = "required scopes"
+    parameter_name = "required_scopes"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        return [("missing", "Missing required scopes")]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
+    ) -> QuerySet[TwitchToken]:
+        if self.value() != "missing":
+            return queryset
+        live = queryset.exclude(status=TwitchToken.Status.REVOKED)
+        return live.missing_required_scopes()
 
 
 class ScopeFilter(admin.SimpleListFilter):
@@ -196,7 +219,7 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
         "last_validated_at",
         "last_error",
     ]
-    list_filter = ["status", ScopeFilter, ExpiryFilter]
+    list_filter = ["status", MissingScopesFilter, ScopeFilter, ExpiryFilter]
     list_select_related = ["user"]
     list_per_page = 50
     ordering = ["login", "pk"]
@@ -263,12 +286,15 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, token: TwitchToken) -> str:
-        return format_html(
-            '<span style="background: {}; color: #fff; border-radius: 4px; '
-            'padding: 1px 6px; white-space: nowrap">{}</span>',
-            STATUS_COLOURS.get(token.status, "#000"),
-            token.get_status_display(),
+        badge = format_html(
+            BADGE, STATUS_COLOURS.get(token.status, "#000"), token.get_status_display()
         )
+        if token.status == TwitchToken.Status.ACTIVE and token.missing_scopes:
+            # Healthy, but granted before TWITCH_SCOPES grew.
+            badge += format_html(
+                " " + BADGE, MISSING_SCOPES_COLOUR, "Missing required scopes"
+            )
+        return badge
 
     @admin.display(description="Expires", ordering="expires_at")
     def expires(self, token: TwitchToken) -> str:

@@ -69,29 +69,31 @@ SCOPE_RE = re.compile(r"[a-z0-9_.\-]+(:[a-z0-9_.\-]+)*")
 
 @checks.register()
 def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
-    malformed = [s for s in settings.TWITCH_SCOPES if not SCOPE_RE.fullmatch(s)]
-    if malformed:
-        return [
-            checks.Error(
-                f"TWITCH_SCOPES has malformed scope(s): {', '.join(malformed)}.",
-                hint="Use Twitch's scope strings, separated by spaces, e.g. "
-                "'chat:read chat:edit'.",
-                id="accounts.E004",
-            )
-        ]
     messages: list[checks.CheckMessage] = []
-    # Twitch has scopes twitchAPI 4.5.0 does not know (openid, newer ones): they
-    # are requested and stored all the same, so this is only worth a look.
-    if unknown := [s for s in settings.TWITCH_SCOPES if s not in KNOWN_SCOPES]:
-        messages.append(
-            checks.Warning(
-                f"TWITCH_SCOPES has scope(s) twitchAPI does not know: "
-                f"{', '.join(unknown)}.",
-                hint="Fine if Twitch has them (check the spelling against "
-                "https://dev.twitch.tv/docs/authentication/scopes/).",
-                id="accounts.W005",
+    for name in ("TWITCH_SCOPES", "TWITCH_OPTIONAL_SCOPES"):
+        scopes = getattr(settings, name)
+        if malformed := [s for s in scopes if not SCOPE_RE.fullmatch(s)]:
+            messages.append(
+                checks.Error(
+                    f"{name} has malformed scope(s): {', '.join(malformed)}.",
+                    hint="Use Twitch's scope strings, separated by spaces, e.g. "
+                    "'chat:read chat:edit'.",
+                    id="accounts.E004",
+                )
             )
-        )
+            continue
+        # Twitch has scopes twitchAPI 4.5.0 does not know (openid, newer ones):
+        # they are requested and stored all the same, so this is only worth a look.
+        if unknown := [s for s in scopes if s not in KNOWN_SCOPES]:
+            messages.append(
+                checks.Warning(
+                    f"{name} has scope(s) twitchAPI does not know: "
+                    f"{', '.join(unknown)}.",
+                    hint="Fine if Twitch has them (check the spelling against "
+                    "https://dev.twitch.tv/docs/authentication/scopes/).",
+                    id="accounts.W005",
+                )
+            )
     if not settings.TWITCH_SCOPES:
         messages.append(
             checks.Warning(

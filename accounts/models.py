@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -15,6 +16,15 @@ class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
 
     def active(self) -> TwitchTokenQuerySet:
         return self.filter(status=TwitchToken.Status.ACTIVE)
+
+    def missing_required_scopes(self) -> TwitchTokenQuerySet:
+        """Connections that lack a scope in TWITCH_SCOPES (added since they were
+        made). Scopes are matched quoted in the JSON text, as the admin's scope
+        filter does, so that "user:edit" never matches "user:edit:follows"."""
+        lacking = models.Q(pk__in=[])
+        for scope in settings.TWITCH_SCOPES:
+            lacking |= ~models.Q(scopes__icontains=json.dumps(scope))
+        return self.filter(lacking)
 
     def claimable(self, *, lapsed_before: datetime) -> TwitchTokenQuerySet:
         """Tokens no run holds: never claimed, released, or whose lease lapsed
@@ -102,6 +112,11 @@ class TwitchToken(models.Model):
         return isinstance(self.refresh_token, UndecryptableSecret) or isinstance(
             self.access_token, UndecryptableSecret
         )
+
+    @property
+    def missing_scopes(self) -> list[str]:
+        """Required scopes (TWITCH_SCOPES) this connection was not granted."""
+        return [s for s in settings.TWITCH_SCOPES if s not in (self.scopes or [])]
 
     @property
     def is_usable(self) -> bool:

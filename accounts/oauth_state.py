@@ -29,15 +29,20 @@ class InvalidState(Exception):
 
 
 async def begin_connect(
-    *, session: SessionBase, next_url: str, force_verify: bool = False
+    *,
+    session: SessionBase,
+    next_url: str,
+    scopes: list[str],
+    force_verify: bool = False,
 ) -> str:
-    """Mint a state bound to this browser session and return Twitch's authorize URL."""
+    """Mint a state bound to this browser session and return Twitch's authorize URL
+    asking for `scopes`."""
     state = secrets.token_urlsafe(32)  # 256 bits
     pending = dict(await session.aget(STATE_SESSION_KEY, {}))
     pending[state] = {"created": time.time(), "next": next_url}
     newest = sorted(pending.items(), key=lambda item: item[1]["created"])
     await session.aset(STATE_SESSION_KEY, dict(newest[-MAX_PENDING_STATES:]))
-    return twitch.authorize_url(state=state, force_verify=force_verify)
+    return twitch.authorize_url(state=state, scopes=scopes, force_verify=force_verify)
 
 
 async def take_state(*, session: SessionBase, state: str) -> str:

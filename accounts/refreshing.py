@@ -14,7 +14,7 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -889,6 +889,17 @@ class NoUsableToken(Exception):
     waiting for the user to reconnect)."""
 
 
+class MissingScopes(NoUsableToken):
+    """The connection was not granted scopes the caller needs."""
+
+    def __init__(self, user: AbstractBaseUser, missing: list[str]) -> None:
+        super().__init__(
+            f"{user}'s Twitch connection lacks the scope(s) {' '.join(missing)}; "
+            "they must reconnect and approve them."
+        )
+        self.missing = missing
+
+
 class TokenStoreUnavailable(NoUsableToken):
     """The database refused to store a refreshed token just now. Nothing is lost
     (the pair waits in the spool for the next run); try again later."""
@@ -904,7 +915,10 @@ SITE_STORE_PATIENCE = 5.0  # seconds
 
 @asynccontextmanager
 async def twitch_for(
-    user: AbstractBaseUser, *, min_lifetime: timedelta = timedelta(minutes=5)
+    user: AbstractBaseUser,
+    *,
+    scopes: Iterable[str] = (),
+    min_lifetime: timedelta = timedelta(minutes=5),
 ) -> AsyncIterator[twitch.UserClient]:
     """A twitchAPI `Twitch` client acting as `user`, for chat bots and stream tools.
 
@@ -915,12 +929,16 @@ async def twitch_for(
     rejects it). Every refresh, here or when a call meets a 401 later, goes
     through the same leased path as `refresh_tokens`, so one grant never has two
     refreshers. Raises `NoUsableToken` when the user has no working connection
-    (a dead grant is marked `needs_reconnect` at once), and
+    (a dead grant is marked `needs_reconnect` at once), `MissingScopes` (a
+    `NoUsableToken`) before any call to Twitch when it lacks one of `scopes`, and
     `twitch.TwitchUnavailable` when Twitch cannot be reached; a call never waits
     longer than the seam's timeout.
     """
     await areplay_spool(source=TokenEvent.Source.SITE)
     token = await _usable_token(user)
+    # Before any call to Twitch: a missing scope is not Twitch's to tell us.
+    if missing := [s for s in scopes if s not in (token.scopes or [])]:
+        raise MissingScopes(user, missing)
     if (
         token.expires_at is not None
         and token.expires_at <= timezone.now() + min_lifetime

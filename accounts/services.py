@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
@@ -24,7 +25,12 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
-from accounts.refreshing import NoUsableToken, TokenStoreUnavailable, twitch_for
+from accounts.refreshing import (
+    MissingScopes,
+    NoUsableToken,
+    TokenStoreUnavailable,
+    twitch_for,
+)
 from accounts.twitch import (
     KNOWN_SCOPES,
     InvalidCredential,
@@ -37,8 +43,10 @@ __all__ = [
     "KNOWN_SCOPES",
     "AlreadyLinked",
     "InvalidCredential",
+    "MissingScopes",
     "NoUsableToken",
     "RevokeOutcome",
+    "ScopesNotOffered",
     "TokenStoreUnavailable",
     "TwitchError",
     "TwitchRejected",
@@ -48,12 +56,36 @@ __all__ = [
     "revoke_token",
     "arevoke_tokens",
     "revoke_tokens",
+    "scopes_to_request",
     "twitch_for",
 ]
 
 logger = logging.getLogger(__name__)
 
 # --- Connecting --------------------------------------------------------------------
+
+
+class ScopesNotOffered(ValueError):
+    """A page asked for scopes that are not in TWITCH_OPTIONAL_SCOPES."""
+
+    def __init__(self, scopes: list[str]) -> None:
+        super().__init__(f"Scopes not offered: {' '.join(scopes)}")
+        self.scopes = scopes
+
+
+async def scopes_to_request(*, user: AbstractBaseUser, asked: str) -> list[str]:
+    """What to ask Twitch for: the required scopes, the optional ones the user's
+    connection already has (a reconnect must not lose "Enable chat bot"), and the
+    optional ones a feature page `asked` for (space-separated). Raises
+    `ScopesNotOffered` for anything outside TWITCH_OPTIONAL_SCOPES."""
+    requested = asked.split()
+    if refused := [s for s in requested if s not in settings.TWITCH_OPTIONAL_SCOPES]:
+        raise ScopesNotOffered(refused)
+    token = await TwitchToken.objects.filter(user=user).afirst()
+    held = []
+    if token is not None and token.status != TwitchToken.Status.REVOKED:
+        held = [s for s in token.scopes or [] if s in settings.TWITCH_OPTIONAL_SCOPES]
+    return list(dict.fromkeys([*settings.TWITCH_SCOPES, *held, *requested]))
 
 
 class AlreadyLinked(Exception):

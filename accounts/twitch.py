@@ -187,14 +187,14 @@ def run_sync(function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -
     return async_to_sync(run_in_own_session)()
 
 
-def authorize_url(*, state: str, force_verify: bool = False) -> str:
+def authorize_url(*, state: str, scopes: list[str], force_verify: bool = False) -> str:
     from urllib.parse import urlencode
 
     query = {
         "client_id": settings.TWITCH_CLIENT_ID,
         "redirect_uri": settings.TWITCH_REDIRECT_URI,
         "response_type": "code",
-        "scope": " ".join(settings.TWITCH_SCOPES),
+        "scope": " ".join(scopes),
         "state": state,
     }
     if force_verify:

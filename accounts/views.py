@@ -60,9 +60,22 @@ async def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @never_cache
 async def connect(request: HttpRequest) -> HttpResponse:
+    try:
+        scopes = await services.scopes_to_request(
+            user=await request.auser(), asked=request.POST.get("scopes", "")
+        )
+    except services.ScopesNotOffered:
+        # The refused names are not repeated: they are whatever the form sent.
+        return await _failure(
+            request,
+            "This page asked Twitch for permissions this site does not offer, so "
+            "nothing was started. Please tell the site's staff.",
+            status=400,
+        )
     authorize_url = await oauth_state.begin_connect(
         session=request.session,
         next_url=_safe_next(request, request.POST.get("next")),
+        scopes=scopes,
         # Reconnecting asks Twitch to show the consent page again, so the user can
         # pick another account or grant new scopes.
         force_verify=request.POST.get("reconnect") == "1",

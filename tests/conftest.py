@@ -142,12 +142,18 @@ async def approve_on_twitch(
 
 
 async def connect_twitch(
-    client: AsyncClient, *, login: str, approve: bool = True, next_url: str = ""
+    client: AsyncClient,
+    *,
+    login: str,
+    approve: bool = True,
+    next_url: str = "",
+    scopes: str = "",
 ):
     """The whole Connect Twitch flow as a browser runs it; the callback's answer."""
-    started = await client.post(
-        "/twitch/connect/", {"next": next_url} if next_url else {}
-    )
+    form = {"next": next_url} if next_url else {}
+    if scopes:
+        form["scopes"] = scopes
+    started = await client.post("/twitch/connect/", form)
     assert started.status_code == 302, started.content
     back = await approve_on_twitch(started["Location"], login=login, approve=approve)
     return await callback(client, back)

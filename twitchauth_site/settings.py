@@ -168,7 +168,11 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
 TWITCH_CLIENT_ID = env.str("TWITCH_CLIENT_ID", default="")
 TWITCH_CLIENT_SECRET = env.str("TWITCH_CLIENT_SECRET", default="")
 TWITCH_REDIRECT_URI = env.str("TWITCH_REDIRECT_URI", default="")
+# What every connection needs; a connection that lacks one of them "needs more
+# permissions" until the user reconnects.
 TWITCH_SCOPES = env.str("TWITCH_SCOPES", default="chat:read chat:edit").split()
+# What a feature page may ask for on top (POST /twitch/connect/ with scopes=...).
+TWITCH_OPTIONAL_SCOPES = env.str("TWITCH_OPTIONAL_SCOPES", default="").split()
 TWITCH_AUTH_BASE_URL = env.str(
     "TWITCH_AUTH_BASE_URL", default="https://id.twitch.tv/oauth2/"
 )
