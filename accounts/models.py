@@ -202,3 +202,22 @@ class SpentOAuthState(models.Model):
 
     def __str__(self) -> str:
         return self.digest[:12]
+
+
+class AppToken(models.Model):
+    """The app access token (client-credentials grant) for one Twitch client id,
+    shared by every process until shortly before it expires."""
+
+    client_id = models.CharField(max_length=64, unique=True)
+    access_token = EncryptedTextField(blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # While it lies in the future one process is fetching a new token; the others
+    # wait for it instead of asking Twitch too.
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"App access token for {self.client_id}"
+
+    def __repr__(self) -> str:
+        return f"<AppToken client_id={self.client_id!r} expires_at={self.expires_at}>"

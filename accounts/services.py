@@ -24,6 +24,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
+from accounts.app_token import twitch_app
 from accounts.models import TokenEvent, TwitchToken
 from accounts.refreshing import (
     MissingScopes,
@@ -57,6 +58,7 @@ __all__ = [
     "arevoke_tokens",
     "revoke_tokens",
     "scopes_to_request",
+    "twitch_app",
     "twitch_for",
 ]
 

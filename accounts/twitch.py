@@ -337,17 +337,28 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -
 Renew = Callable[[str, str], Awaitable[tuple[str, str]]]
 
 
-class UserClient(Twitch):
-    """twitchAPI's `Twitch`, changed in two ways for a site that holds tokens.
+class _SiteClient(Twitch):
+    """twitchAPI's `Twitch`, speaking the site's language: transport failures and
+    Twitch's 5xx answers leave as `TwitchUnavailable`. Overrides twitchAPI 4.5.0's
+    `_api_request`; the version is pinned in requirements.txt."""
 
-    Refreshing is the site's job: twitchAPI would refresh on any 401 by itself, with
-    the refresh token it was given, on a session without our timeout, and leave its
-    refresh lock held when that fails (so the next call waits forever). Here a 401
-    asks `renew` instead, under an asyncio lock that is always released. And transport
-    failures and Twitch's 5xx answers leave as `TwitchUnavailable`.
+    async def _api_request(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        try:
+            return await super()._api_request(*args, **kwargs)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise _unavailable("Helix", error) from None
+        except TwitchBackendException:
+            raise TwitchUnavailable("Twitch's Helix API failed (5xx).") from None
 
-    This overrides twitchAPI 4.5.0's `refresh_used_token` and `_api_request`; the
-    version is pinned in requirements.txt.
+
+class UserClient(_SiteClient):
+    """A client acting as one user, whose refreshing is the site's job.
+
+    twitchAPI would refresh on any 401 by itself, with the refresh token it was
+    given, on a session without our timeout, and leave its refresh lock held when
+    that fails (so the next call waits forever). Here a 401 asks `renew` instead,
+    under an asyncio lock that is always released. Overrides twitchAPI 4.5.0's
+    `refresh_used_token` and `get_refreshed_user_auth_token`.
     """
 
     renew: Renew
@@ -374,13 +385,23 @@ class UserClient(Twitch):
             await self.refresh_used_token()
         return self._user_auth_token
 
-    async def _api_request(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
-        try:
-            return await super()._api_request(*args, **kwargs)
-        except (TimeoutError, aiohttp.ClientError) as error:
-            raise _unavailable("Helix", error) from None
-        except TwitchBackendException:
-            raise TwitchUnavailable("Twitch's Helix API failed (5xx).") from None
+
+# Given the app access token Twitch just refused, return the one to use now.
+RenewApp = Callable[[str], Awaitable[str]]
+
+
+class AppClient(_SiteClient):
+    """A client with the app access token, whose renewal is the site's job (one
+    process fetches, all share). Overrides twitchAPI 4.5.0's `_refresh_app_token`,
+    which would put the client secret in a URL."""
+
+    renew_app: RenewApp
+
+    async def _refresh_app_token(self) -> None:
+        if not hasattr(self, "_renewing"):
+            self._renewing = asyncio.Lock()
+        async with self._renewing:
+            self._app_auth_token = await self.renew_app(self._app_auth_token)
 
 
 @sensitive_variables()
@@ -407,6 +428,50 @@ async def user_client(
         access_token, known, refresh_token, validate=False
     )
     return client
+
+
+@sensitive_variables()
+async def app_client(*, access_token: str, renew: RenewApp) -> AppClient:
+    """A twitchAPI client authenticated with the app access token."""
+    client = await AppClient(
+        settings.TWITCH_CLIENT_ID,
+        settings.TWITCH_CLIENT_SECRET,
+        authenticate_app=False,
+        base_url=settings.TWITCH_API_BASE_URL,
+        auth_base_url=settings.TWITCH_AUTH_BASE_URL,
+        session_timeout=TIMEOUT,
+    )
+    client.renew_app = renew
+    await client.set_app_authentication(access_token, [])
+    return client
+
+
+@dataclass(frozen=True)
+class AppGrant:
+    """An app access token (client-credentials grant): no user, no refresh token."""
+
+    access_token: str = field(repr=False)
+    expires_in: int
+
+
+@sensitive_variables()
+async def fetch_app_token() -> AppGrant:
+    body = await _post_form(
+        "token",
+        {
+            "client_id": settings.TWITCH_CLIENT_ID,
+            "client_secret": settings.TWITCH_CLIENT_SECRET,
+            "grant_type": "client_credentials",
+        },
+        credential_words=(),
+    )
+    access_token = body.get("access_token")
+    expires_in = _expires_in(body.get("expires_in"), allow_zero=False)
+    if not _is_token(access_token) or expires_in is None:
+        raise TwitchUnavailable(
+            "Twitch's token endpoint answered without an app token."
+        )
+    return AppGrant(access_token=access_token, expires_in=expires_in)
 
 
 @sensitive_variables()
