@@ -31,7 +31,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import refreshing, services
-from accounts.models import TokenEvent, TwitchToken
+from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
 from accounts.templatetags.twitchauth import expires_in
 
 SECRETS = ("access_token", "refresh_token")
@@ -468,6 +468,25 @@ class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
     # Deletion keeps Django's default (the delete permission, which only superusers
     # hold unless granted): deleting a user cascades to their token and its events,
     # and the admin refuses any cascade into a model whose admin denies deletion.
+
+
+@admin.register(EventSubRevocation)
+class EventSubRevocationAdmin(SafeLookups, admin.ModelAdmin):
+    """What Twitch said when it revoked a subscription: disconnects made on Twitch
+    are seen only at the next validation until `manage.py eventsub subscribe`."""
+
+    list_display = ["received_at", "subscription_type", "reason", "subscription_id"]
+    list_filter = ["reason"]
+    fields = list_display
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: EventSubRevocation | None = None
+    ) -> bool:
+        return False
 
 
 class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):

@@ -174,3 +174,43 @@ def check_https_to_twitch(**kwargs: Any) -> list[checks.CheckMessage]:
                 )
             )
     return warnings
+
+
+@checks.register()
+def check_eventsub(**kwargs: Any) -> list[checks.CheckMessage]:
+    url, secret = settings.TWITCH_EVENTSUB_CALLBACK_URL, settings.TWITCH_EVENTSUB_SECRET
+    if not url:
+        return []  # the feature is off
+    errors = []
+    parts = urlsplit(url)
+    try:
+        match = resolve(parts.path)
+    except Resolver404:
+        match = None
+    # Twitch calls webhooks only over HTTPS on port 443; DEBUG allows a local
+    # http:// URL for a stand-in.
+    https = parts.scheme == "https" and parts.port in (None, 443)
+    if (
+        not parts.netloc
+        or not (https or settings.DEBUG)
+        or (match is None or match.url_name != "twitch_eventsub")
+    ):
+        errors.append(
+            checks.Error(
+                f"TWITCH_EVENTSUB_CALLBACK_URL must be an absolute https:// URL on "
+                f"port 443 whose path routes to /twitch/eventsub/, not {url!r}.",
+                hint="For example https://example.com/twitch/eventsub/.",
+                id="accounts.E008",
+            )
+        )
+    if not (10 <= len(secret) <= 100 and secret.isascii() and secret.isprintable()):
+        errors.append(
+            checks.Error(
+                "TWITCH_EVENTSUB_SECRET must be 10 to 100 printable ASCII characters "
+                "when TWITCH_EVENTSUB_CALLBACK_URL is set.",
+                hint='Make one with: python -c "import secrets; '
+                'print(secrets.token_urlsafe(32))"',
+                id="accounts.E009",
+            )
+        )
+    return errors

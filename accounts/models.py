@@ -164,6 +164,7 @@ class TokenEvent(models.Model):
         STAFF = "staff", "Staff (admin)"
         COMMAND = "command", "refresh_tokens command"
         SITE = "site", "Site code"
+        TWITCH = "twitch", "Twitch (EventSub)"
 
     token = models.ForeignKey(
         TwitchToken, on_delete=models.CASCADE, related_name="events"
@@ -221,3 +222,33 @@ class AppToken(models.Model):
 
     def __repr__(self) -> str:
         return f"<AppToken client_id={self.client_id!r} expires_at={self.expires_at}>"
+
+
+class EventSubMessage(models.Model):
+    """An EventSub message the site has handled. Twitch delivers at least once, so
+    a message id seen before is answered and not handled again; every worker shares
+    this table. Rows older than the replay window are pruned as new ones arrive."""
+
+    message_id = models.CharField(max_length=100, primary_key=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return self.message_id
+
+
+class EventSubRevocation(models.Model):
+    """Twitch revoked one of the site's EventSub subscriptions (with its reason):
+    disconnects on Twitch are then seen only at the next validation again."""
+
+    subscription_id = models.CharField(max_length=100)
+    subscription_type = models.CharField(max_length=100)
+    reason = models.CharField(max_length=100)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = "EventSub subscription revoked by Twitch"
+        verbose_name_plural = "EventSub subscriptions revoked by Twitch"
+
+    def __str__(self) -> str:
+        return f"{self.subscription_type} revoked: {self.reason}"

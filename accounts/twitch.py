@@ -474,6 +474,106 @@ async def fetch_app_token() -> AppGrant:
     return AppGrant(access_token=access_token, expires_in=expires_in)
 
 
+# --- Helix EventSub subscriptions (app access token) -------------------------------
+
+
+@sensitive_variables()
+async def list_eventsub_subscriptions(*, app_token: str) -> list[dict[str, Any]]:
+    subscriptions: list[dict[str, Any]] = []
+    cursor = ""
+    for _ in range(100):  # Twitch pages by 100; far more than this site needs
+        body = await _helix(
+            "GET",
+            "eventsub/subscriptions",
+            app_token=app_token,
+            params={"after": cursor} if cursor else None,
+        )
+        subscriptions.extend(_subscriptions(body))
+        cursor = str((body.get("pagination") or {}).get("cursor") or "")
+        if not cursor:
+            break
+    return subscriptions
+
+
+@sensitive_variables()
+async def create_eventsub_subscription(
+    *,
+    app_token: str,
+    subscription_type: str,
+    version: str,
+    condition: dict[str, str],
+    callback: str,
+    secret: str,
+) -> dict[str, Any]:
+    """Ask Twitch for a webhook subscription; it then verifies the callback."""
+    body = await _helix(
+        "POST",
+        "eventsub/subscriptions",
+        app_token=app_token,
+        json_body={
+            "type": subscription_type,
+            "version": version,
+            "condition": condition,
+            "transport": {"method": "webhook", "callback": callback, "secret": secret},
+        },
+    )
+    created = _subscriptions(body)
+    if not created:
+        raise TwitchUnavailable("Twitch's EventSub endpoint answered no subscription.")
+    return created[0]
+
+
+@sensitive_variables()
+async def delete_eventsub_subscription(*, app_token: str, subscription_id: str) -> None:
+    await _helix(
+        "DELETE",
+        "eventsub/subscriptions",
+        app_token=app_token,
+        params={"id": subscription_id},
+    )
+
+
+@sensitive_variables()
+async def _helix(
+    method: str,
+    path: str,
+    *,
+    app_token: str,
+    params: dict[str, str] | None = None,
+    json_body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    url = settings.TWITCH_API_BASE_URL + path
+    headers = {
+        "Authorization": f"Bearer {app_token}",
+        "Client-Id": settings.TWITCH_CLIENT_ID,
+    }
+    try:
+        async with http_session().request(
+            method, url, headers=headers, params=params, json=json_body, timeout=TIMEOUT
+        ) as response:
+            status, answer_headers, raw = (
+                response.status,
+                response.headers,
+                await response.read(),
+            )
+    except (TimeoutError, aiohttp.ClientError) as error:
+        raise _unavailable("EventSub", error) from None
+    body = _json_or_none(raw)
+    if status == 401:
+        raise InvalidCredential("Twitch refused the app access token.", status=401)
+    _raise_for_status("EventSub", status, answer_headers, body, credential_words=())
+    if not isinstance(body, dict):
+        raise TwitchUnavailable("Twitch's EventSub endpoint answered nonsense.")
+    return body
+
+
+def _subscriptions(body: dict[str, Any]) -> list[dict[str, Any]]:
+    data = body.get("data") or []
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise TwitchUnavailable("Twitch's EventSub endpoint answered nonsense.")
+    return data
+
+
 @sensitive_variables()
 async def _post_form(
     endpoint: str,

@@ -13,13 +13,21 @@ from axes.models import AccessAttempt
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
 from django.shortcuts import render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from accounts import eventsub as eventsub_service
 from accounts import oauth_state, services
 from accounts.checks import check_encryption_keys
 from accounts.models import TokenEvent, TwitchToken
@@ -240,6 +248,26 @@ def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpR
     )
     response["Retry-After"] = str(seconds)
     return response
+
+
+@csrf_exempt
+@require_POST
+async def eventsub(request: HttpRequest) -> HttpResponse:
+    """Twitch's EventSub webhook: no CSRF token or session, a signature instead."""
+    if not eventsub_service.enabled():
+        raise Http404("EventSub is not configured.")
+    try:
+        message = eventsub_service.verify(request.headers, request.body)
+    except eventsub_service.InvalidMessage as invalid:
+        logger.warning("refused an EventSub message: %s", invalid)
+        return HttpResponse("Forbidden", status=403, content_type="text/plain")
+    if message.type == "webhook_callback_verification":
+        challenge = message.body.get("challenge")
+        if not isinstance(challenge, str):
+            return HttpResponse("No challenge", status=400, content_type="text/plain")
+        return HttpResponse(challenge, content_type="text/plain")
+    await eventsub_service.handle(message)
+    return HttpResponse(status=204)
 
 
 @require_GET

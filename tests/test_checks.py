@@ -107,3 +107,38 @@ def test_the_deploy_check_runs_only_with_deploy(settings):
     deploy = django_checks.run_checks(include_deployment_checks=True)
     assert "accounts.W006" not in ids(plain)
     assert "accounts.W006" in ids(deploy)
+
+
+def test_eventsub_is_off_without_a_callback_url(settings):
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = ""
+    settings.TWITCH_EVENTSUB_SECRET = ""
+    assert checks.check_eventsub() == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/twitch/eventsub/",
+        "https://example.com:8443/twitch/eventsub/",
+        "https://example.com/twitch/elsewhere/",
+        "/twitch/eventsub/",
+    ],
+)
+def test_an_eventsub_callback_that_twitch_cannot_call_is_reported(settings, url):
+    settings.DEBUG = False
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = url
+    settings.TWITCH_EVENTSUB_SECRET = "a-secret-long-enough"
+    assert ids(checks.check_eventsub()) == ["accounts.E008"]
+
+
+@pytest.mark.parametrize("secret", ["", "short", "x" * 101, "naïve-secret-here"])
+def test_an_eventsub_secret_of_the_wrong_size_is_reported(settings, secret):
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = "https://example.com/twitch/eventsub/"
+    settings.TWITCH_EVENTSUB_SECRET = secret
+    assert ids(checks.check_eventsub()) == ["accounts.E009"]
+
+
+def test_a_good_eventsub_configuration_passes(settings):
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = "https://example.com/twitch/eventsub/"
+    settings.TWITCH_EVENTSUB_SECRET = "a-secret-long-enough"
+    assert checks.check_eventsub() == []

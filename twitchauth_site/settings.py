@@ -179,6 +179,11 @@ TWITCH_AUTH_BASE_URL = env.str(
 TWITCH_API_BASE_URL = env.str(
     "TWITCH_API_BASE_URL", default="https://api.twitch.tv/helix/"
 )
+# EventSub: Twitch tells the site at once when a user disconnects the app. Off
+# unless the callback URL (https://…/twitch/eventsub/, port 443) is set; the
+# secret (10-100 ASCII characters) signs every message Twitch sends.
+TWITCH_EVENTSUB_CALLBACK_URL = env.str("TWITCH_EVENTSUB_CALLBACK_URL", default="")
+TWITCH_EVENTSUB_SECRET = env.str("TWITCH_EVENTSUB_SECRET", default="")
 
 # Fernet keys for the tokens at rest: the first encrypts, every key decrypts.
 TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[])

@@ -1,0 +1,280 @@
+"""EventSub `user.authorization.revoke`: Twitch tells the site at once when a user
+disconnects the app, with a signed webhook (twitch-oauth.md, section 6).
+
+`verify` checks a message before anything else; `handle` acts on it; `subscribe`,
+`unsubscribe` and `subscriptions` manage the subscription with the app token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts import signals, twitch
+from accounts.app_token import app_access_token
+from accounts.models import EventSubMessage, EventSubRevocation, TokenEvent, TwitchToken
+from accounts.twitch import TwitchError
+
+__all__ = ["TwitchError", "enabled", "handle", "subscribe", "unsubscribe", "verify"]
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIPTION_TYPE = "user.authorization.revoke"
+SUBSCRIPTION_VERSION = "1"
+# Twitch's rule: refuse messages older than ten minutes, and remember message ids
+# at least that long. A little leeway the other way for clocks that differ.
+MAX_AGE = timedelta(minutes=10)
+MAX_CLOCK_SKEW = timedelta(minutes=1)
+# A subscription in these states exists (or is about to): subscribing again would
+# be a duplicate.
+LIVE_STATUSES = frozenset({"enabled", "webhook_callback_verification_pending"})
+
+T = TypeVar("T")
+
+# 2026-11-29T15:00:00.123456789Z: RFC 3339 with up to nanoseconds, which
+# datetime.fromisoformat cannot take before Python 3.11's limits.
+TIMESTAMP = re.compile(
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", re.ASCII
+)
+
+
+def enabled() -> bool:
+    return bool(
+        settings.TWITCH_EVENTSUB_CALLBACK_URL and settings.TWITCH_EVENTSUB_SECRET
+    )
+
+
+class InvalidMessage(Exception):
+    """Not a message from Twitch for this site: unsigned, badly signed, or stale."""
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    type: str  # notification, webhook_callback_verification, revocation
+    body: dict[str, Any]
+
+
+def verify(headers: Mapping[str, str], raw_body: bytes) -> Message:
+    """The message, once its signature and age are right; else `InvalidMessage`.
+
+    The signature is checked first, in constant time, before anything in the message
+    is believed.
+    """
+    message_id = headers.get("Twitch-Eventsub-Message-Id", "")
+    timestamp = headers.get("Twitch-Eventsub-Message-Timestamp", "")
+    signature = headers.get("Twitch-Eventsub-Message-Signature", "")
+    expected = (
+        "sha256="
+        + hmac.new(
+            settings.TWITCH_EVENTSUB_SECRET.encode(),
+            message_id.encode() + timestamp.encode() + raw_body,
+            hashlib.sha256,
+        ).hexdigest()
+    )
+    if not message_id or not hmac.compare_digest(signature.encode(), expected.encode()):
+        raise InvalidMessage("missing or wrong signature")
+    sent = _parse_timestamp(timestamp)
+    now = timezone.now()
+    if sent is None or sent < now - MAX_AGE or sent > now + MAX_CLOCK_SKEW:
+        raise InvalidMessage("stale or future timestamp")
+    try:
+        body = json.loads(raw_body)
+    except ValueError:
+        raise InvalidMessage("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidMessage("body is not a JSON object")
+    return Message(
+        id=message_id,
+        type=headers.get("Twitch-Eventsub-Message-Type", ""),
+        body=body,
+    )
+
+
+def _parse_timestamp(text: str) -> datetime | None:
+    match = TIMESTAMP.fullmatch(text)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    micro = (fraction or "0")[:6].ljust(6, "0")
+    offset = "+00:00" if zone == "Z" else zone
+    try:
+        return datetime.fromisoformat(f"{whole}.{micro}{offset}").astimezone(UTC)
+    except ValueError:
+        return None
+
+
+async def handle(message: Message) -> None:
+    """Act on a notification or revocation once; a message id seen before is not
+    handled again."""
+    # One transaction: the message id and what it changes commit together.
+    revoked = await sync_to_async(_handle_once)(message)
+    for token in revoked:
+        await signals.token_revoked.asend(sender=TwitchToken, token=token)
+
+
+def _handle_once(message: Message) -> list[TwitchToken]:
+    try:
+        with transaction.atomic():
+            EventSubMessage.objects.filter(
+                received_at__lt=timezone.now() - 2 * MAX_AGE
+            ).delete()
+            EventSubMessage.objects.create(message_id=message.id[:100])
+            if message.type == "notification":
+                return _notification(message.body)
+            if message.type == "revocation":
+                _revocation(message.body)
+    except IntegrityError:
+        logger.info("EventSub message %s seen before; not handled again", message.id)
+    return []
+
+
+def _notification(body: dict[str, Any]) -> list[TwitchToken]:
+    subscription = body.get("subscription") or {}
+    event = body.get("event") or {}
+    if not isinstance(subscription, dict) or not isinstance(event, dict):
+        return []
+    if (
+        subscription.get("type") != SUBSCRIPTION_TYPE
+        or subscription.get("version") != SUBSCRIPTION_VERSION
+        or event.get("client_id") != settings.TWITCH_CLIENT_ID
+        or not isinstance(event.get("user_id"), str)
+    ):
+        return []  # not ours to act on; answered all the same
+    revoked = []
+    tokens = TwitchToken.objects.select_for_update().filter(
+        twitch_user_id=event["user_id"]
+    )
+    for token in tokens.exclude(status=TwitchToken.Status.REVOKED):
+        token.wipe_secrets()
+        token.status = TwitchToken.Status.REVOKED
+        token.claimed_until = None
+        token.last_error = "The user disconnected this site on Twitch."
+        token.save(
+            update_fields=[
+                "access_token",
+                "refresh_token",
+                "status",
+                "claimed_until",
+                "last_error",
+                "updated_at",
+            ]
+        )
+        TokenEvent.objects.create(
+            token=token,
+            action=TokenEvent.Action.REVOKE,
+            outcome=TokenEvent.Outcome.SUCCEEDED,
+            source=TokenEvent.Source.TWITCH,
+            detail="The user disconnected this site on Twitch (EventSub).",
+        )
+        revoked.append(token)
+    if revoked:
+        logger.info("Twitch user %s disconnected the app", event["user_id"])
+    return revoked
+
+
+def _revocation(body: dict[str, Any]) -> None:
+    subscription = body.get("subscription") or {}
+    if not isinstance(subscription, dict):
+        subscription = {}
+    reason = str(subscription.get("status") or "unknown")[:100]
+    # Operators must know: disconnects are seen only at the next validation now.
+    logger.error(
+        "Twitch revoked the EventSub subscription %s (%s): %s; run "
+        "`manage.py eventsub subscribe` once the cause is fixed",
+        str(subscription.get("id"))[:100],
+        str(subscription.get("type"))[:100],
+        reason,
+    )
+    EventSubRevocation.objects.create(
+        subscription_id=str(subscription.get("id") or "")[:100],
+        subscription_type=str(subscription.get("type") or "")[:100],
+        reason=reason,
+    )
+
+
+# --- Managing the subscription, with the app access token ------------------------
+
+
+async def subscriptions() -> list[dict[str, Any]]:
+    """Every EventSub subscription of this application, as Twitch lists them."""
+    return await _with_app_token(
+        lambda token: twitch.list_eventsub_subscriptions(app_token=token)
+    )
+
+
+async def subscribe() -> tuple[dict[str, Any], bool]:
+    """The site's `user.authorization.revoke` subscription, created if none is
+    live; returns it and whether it was created."""
+    for subscription in await subscriptions():
+        if _is_ours(subscription) and subscription.get("status") in LIVE_STATUSES:
+            return subscription, False
+    try:
+        created = await _with_app_token(
+            lambda token: twitch.create_eventsub_subscription(
+                app_token=token,
+                subscription_type=SUBSCRIPTION_TYPE,
+                version=SUBSCRIPTION_VERSION,
+                condition={"client_id": settings.TWITCH_CLIENT_ID},
+                callback=settings.TWITCH_EVENTSUB_CALLBACK_URL,
+                secret=settings.TWITCH_EVENTSUB_SECRET,
+            )
+        )
+    except twitch.TwitchRejected as rejected:
+        if rejected.status != 409:
+            raise
+        # Created by another run just now.
+        live = [s for s in await subscriptions() if _is_ours(s)]
+        return live[0], False
+    return created, True
+
+
+async def unsubscribe() -> int:
+    """Delete the site's `user.authorization.revoke` subscriptions; how many."""
+    ours = [s for s in await subscriptions() if _is_ours(s)]
+    for subscription in ours:
+        await _with_app_token(
+            lambda token, s=subscription: twitch.delete_eventsub_subscription(
+                app_token=token, subscription_id=str(s["id"])
+            )
+        )
+    return len(ours)
+
+
+def _is_ours(subscription: dict[str, Any]) -> bool:
+    transport = subscription.get("transport") or {}
+    condition = subscription.get("condition") or {}
+    return (
+        subscription.get("type") == SUBSCRIPTION_TYPE
+        and isinstance(condition, dict)
+        and condition.get("client_id") == settings.TWITCH_CLIENT_ID
+        and isinstance(transport, dict)
+        and transport.get("callback") == settings.TWITCH_EVENTSUB_CALLBACK_URL
+    )
+
+
+async def _with_app_token(call: Callable[[str], Awaitable[T]]) -> T:
+    """Call with the shared app token; once more with a new one if Twitch refuses."""
+    token = await app_access_token()
+    try:
+        return await twitch.with_retries(lambda: call(token))
+    except twitch.InvalidCredential:
+        token = await app_access_token(refused=token)
+        return await twitch.with_retries(lambda: call(token))
+
+
+def run(function: Callable[[], Awaitable[T]]) -> T:
+    """Any of the above from sync code (the `eventsub` command)."""
+    return twitch.run_sync(function)

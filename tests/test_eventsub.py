@@ -1,0 +1,275 @@
+"""EventSub `user.authorization.revoke`: Twitch's signed webhook, checked before
+anything is believed, handled once, and disconnects seen at once."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from accounts import signals
+from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
+from tests.conftest import CLIENT_ID, make_token, page
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET = "eventsub-secret-for-tests"
+amake_token = sync_to_async(make_token)
+
+
+@pytest.fixture(autouse=True)
+def eventsub_on(settings):
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = "https://testserver/twitch/eventsub/"
+    settings.TWITCH_EVENTSUB_SECRET = SECRET
+
+
+def twitch_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
+
+
+def signed(
+    body: dict,
+    *,
+    message_type: str = "notification",
+    message_id: str | None = None,
+    sent: datetime | None = None,
+    secret: str = SECRET,
+) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    message_id = message_id or secrets.token_hex(8)
+    timestamp = twitch_time(sent or datetime.now(UTC))
+    signature = hmac.new(
+        secret.encode(), message_id.encode() + timestamp.encode() + raw, hashlib.sha256
+    ).hexdigest()
+    return raw, {
+        "Twitch-Eventsub-Message-Id": message_id,
+        "Twitch-Eventsub-Message-Timestamp": timestamp,
+        "Twitch-Eventsub-Message-Signature": f"sha256={signature}",
+        "Twitch-Eventsub-Message-Type": message_type,
+        "Twitch-Eventsub-Subscription-Type": "user.authorization.revoke",
+        "Twitch-Eventsub-Subscription-Version": "1",
+    }
+
+
+def revoke_notification(user_id: str, *, login: str | None = "alice", **event):
+    return {
+        "subscription": {
+            "id": "sub-1",
+            "status": "enabled",
+            "type": "user.authorization.revoke",
+            "version": "1",
+            "condition": {"client_id": CLIENT_ID},
+            "transport": {"method": "webhook", "callback": "https://testserver/"},
+        },
+        "event": {
+            "client_id": CLIENT_ID,
+            "user_id": user_id,
+            "user_login": login,
+            "user_name": login and login.title(),
+            **event,
+        },
+    }
+
+
+async def post(raw: bytes, headers: dict[str, str], client: AsyncClient | None = None):
+    client = client or AsyncClient(enforce_csrf_checks=True)
+    return await client.post(
+        "/twitch/eventsub/", raw, content_type="application/json", headers=headers
+    )
+
+
+async def test_the_verification_challenge_is_echoed_as_plain_text():
+    raw, headers = signed(
+        {"challenge": "pogchamp-kappa-360noscope", "subscription": {}},
+        message_type="webhook_callback_verification",
+    )
+
+    response = await post(raw, headers)
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    assert response.content == b"pogchamp-kappa-360noscope"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda raw, headers: headers.pop("Twitch-Eventsub-Message-Signature"),
+        lambda raw, headers: headers.update(
+            {"Twitch-Eventsub-Message-Signature": "sha256=" + "0" * 64}
+        ),
+        lambda raw, headers: headers.update({"Twitch-Eventsub-Message-Id": "other"}),
+        lambda raw, headers: headers.update(
+            {"Twitch-Eventsub-Message-Timestamp": twitch_time(datetime.now(UTC))}
+        ),
+    ],
+    ids=["missing", "wrong", "id-changed", "timestamp-changed"],
+)
+async def test_a_missing_or_wrong_signature_is_refused_before_anything_else(
+    alice, sandbox, tamper
+):
+    token = await amake_token(alice, sandbox)
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+    tamper(raw, headers)
+
+    response = await post(raw, headers)
+
+    assert response.status_code == 403
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+
+
+async def test_a_body_changed_after_signing_is_refused(alice, sandbox):
+    token = await amake_token(alice, sandbox)
+    raw, headers = signed(revoke_notification("1"))
+    tampered = raw.replace(b'"1"', f'"{token.twitch_user_id}"'.encode())
+
+    assert (await post(tampered, headers)).status_code == 403
+
+
+async def test_a_message_signed_with_another_secret_is_refused():
+    raw, headers = signed({"challenge": "x"}, secret="not-our-secret-at-all")
+    assert (await post(raw, headers)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("age", "status"),
+    [
+        (timedelta(minutes=11), 403),
+        (timedelta(minutes=-5), 403),  # from the future
+        (timedelta(minutes=9), 200),
+    ],
+    ids=["eleven-minutes-old", "five-minutes-ahead", "nine-minutes-old"],
+)
+async def test_messages_older_than_ten_minutes_or_from_the_future_are_refused(
+    age, status
+):
+    raw, headers = signed(
+        {"challenge": "c"},
+        message_type="webhook_callback_verification",
+        sent=datetime.now(UTC) - age,
+    )
+    assert (await post(raw, headers)).status_code == status
+
+
+async def test_a_disconnect_on_twitch_revokes_the_connection_at_once(
+    alice, bob, sandbox
+):
+    token = await amake_token(alice, sandbox)
+    other = await amake_token(bob, sandbox)
+    heard = []
+
+    async def on_revoked(sender, token, **kwargs):
+        heard.append(token.pk)
+
+    signals.token_revoked.connect(on_revoked)
+    try:
+        raw, headers = signed(revoke_notification(token.twitch_user_id))
+        response = await post(raw, headers)
+    finally:
+        signals.token_revoked.disconnect(on_revoked)
+
+    assert response.status_code == 204
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.status == TwitchToken.Status.REVOKED
+    assert stored.access_token == "" and stored.refresh_token == ""
+    event = await TokenEvent.objects.aget(token=stored)
+    assert (event.action, event.outcome, event.source) == (
+        "revoke",
+        "succeeded",
+        "twitch",
+    )
+    assert heard == [token.pk]
+    untouched = await TwitchToken.objects.aget(pk=other.pk)
+    assert untouched.status == TwitchToken.Status.ACTIVE
+    assert sandbox.requests == []  # Twitch already knows; nobody is asked
+
+
+async def test_a_user_who_is_gone_has_no_login_or_name(alice, sandbox):
+    token = await amake_token(alice, sandbox)
+    raw, headers = signed(revoke_notification(token.twitch_user_id, login=None))
+
+    assert (await post(raw, headers)).status_code == 204
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED
+
+
+async def test_a_message_seen_before_is_answered_and_not_handled_again(
+    alice, bob, sandbox
+):
+    token = await amake_token(alice, sandbox)
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+    assert (await post(raw, headers)).status_code == 204
+    # The same Twitch account connects again (to bob) before Twitch redelivers.
+    again = await amake_token(bob, sandbox, twitch_user_id=token.twitch_user_id)
+
+    replay = await post(raw, headers)
+
+    assert replay.status_code == 204
+    assert (await TwitchToken.objects.aget(pk=again.pk)).status == "active"
+    assert await TokenEvent.objects.filter(source="twitch").acount() == 1
+
+
+async def test_a_notification_for_another_application_is_ignored(alice, sandbox):
+    token = await amake_token(alice, sandbox)
+    body = revoke_notification(token.twitch_user_id, client_id="someone-else")
+    raw, headers = signed(body)
+
+    assert (await post(raw, headers)).status_code == 204
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+
+
+async def test_a_revoked_subscription_is_an_operator_error_shown_in_the_admin(
+    caplog,
+):
+    body = {
+        "subscription": {
+            "id": "sub-1",
+            "status": "authorization_revoked",
+            "type": "user.authorization.revoke",
+            "version": "1",
+        }
+    }
+    raw, headers = signed(body, message_type="revocation")
+
+    assert (await post(raw, headers)).status_code == 204
+
+    revocation = await EventSubRevocation.objects.aget()
+    assert revocation.reason == "authorization_revoked"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert errors and "authorization_revoked" in errors[0].getMessage()
+
+
+def test_staff_see_revoked_subscriptions_in_the_admin(admin_client):
+    EventSubRevocation.objects.create(
+        subscription_id="sub-1",
+        subscription_type="user.authorization.revoke",
+        reason="notification_failures_exceeded",
+    )
+    listing = admin_client.get("/admin/accounts/eventsubrevocation/")
+    assert "notification_failures_exceeded" in page(listing)
+
+
+async def test_the_endpoint_is_off_without_its_settings(settings):
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = ""
+    raw, headers = signed({"challenge": "c"})
+    assert (await post(raw, headers)).status_code == 404
+
+
+async def test_a_signed_body_that_is_not_json_is_a_400_not_a_500():
+    raw = b"not json"
+    _, headers = signed({})
+    timestamp = headers["Twitch-Eventsub-Message-Timestamp"]
+    message_id = headers["Twitch-Eventsub-Message-Id"]
+    headers["Twitch-Eventsub-Message-Signature"] = (
+        "sha256="
+        + hmac.new(
+            SECRET.encode(), (message_id + timestamp).encode() + raw, hashlib.sha256
+        ).hexdigest()
+    )
+
+    assert (await post(raw, headers)).status_code in (400, 403)
