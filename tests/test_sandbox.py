@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -28,7 +35,8 @@ from twitchAPI.twitch import Twitch
 from twitchAPI.type import AuthScope
 
 import twitch_sandbox.ledger
-from twitch_sandbox import LiveTokens, Sandbox
+import twitch_sandbox.webhooks
+from twitch_sandbox import LiveTokens, Sandbox, WebhookMessage
 
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
@@ -74,11 +82,11 @@ def http(
     query: Mapping[str, str] | None = None,
     form: Mapping[str, str] | None = None,
     json_body: object = None,
+    data: bytes | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 5.0,
 ) -> Reply:
     url = sandbox.base_url + path + (f"?{urlencode(query)}" if query else "")
-    data = None
     all_headers = dict(headers or {})
     if form is not None:
         data = urlencode(form).encode()
@@ -1031,6 +1039,9 @@ def test_control_stats_counts_requests_and_refreshes(sandbox: Sandbox) -> None:
             "validate": 2,
             "revoke": 0,
             "users": 0,
+            "eventsub_create": 0,
+            "eventsub_list": 0,
+            "eventsub_delete": 0,
         },
         "refreshes": 1,
     }
@@ -1164,3 +1175,812 @@ def test_command_line_serves_until_interrupted() -> None:
     assert f"127.0.0.1:{port}" in banner
     assert stats["refreshes"] == 0
     assert returncode == 0
+
+
+# EventSub -------------------------------------------------------------------
+
+REVOKE = "user.authorization.revoke"
+SECRET = "the-eventsub-secret"
+ENABLED = "enabled"
+FAILED = "webhook_callback_verification_failed"
+SUBSCRIPTIONS = "helix/eventsub/subscriptions"
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
+
+
+@dataclass
+class Received:
+    headers: Message
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        return json.loads(self.body)
+
+    @property
+    def type(self) -> str:
+        return self.headers["Twitch-Eventsub-Message-Type"]
+
+
+Answer = Callable[[Received], tuple[int, str]]
+
+
+def echo_challenge(message: Received) -> tuple[int, str]:
+    if message.type == "webhook_callback_verification":
+        return 200, message.json()["challenge"]
+    return 204, ""
+
+
+def signature(secret: str, headers: Mapping[str, str], body: bytes) -> str:
+    signed = (
+        headers["Twitch-Eventsub-Message-Id"]
+        + headers["Twitch-Eventsub-Message-Timestamp"]
+    ).encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+class Receiver:
+    """A webhook callback served from a thread: it records every message and
+    answers what ``answer`` says, as ``content_type``."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.answer: Answer = echo_challenge
+        self.content_type = "text/plain"
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                message = Received(self.headers, self.rfile.read(length))
+                receiver.received.append(message)
+                status, text = receiver.answer(message)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", receiver.content_type)
+                    self.send_header("Content-Length", str(len(text.encode())))
+                    self.end_headers()
+                    self.wfile.write(text.encode())
+                except ConnectionError:
+                    pass  # the sandbox gave up waiting: a timeout test
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/twitch/eventsub/"
+
+
+class SiteLikeChecks:
+    """Answers as the site must: 403 for a bad signature or a timestamp more
+    than 10 minutes off, 204 the first time a message id is seen, 200 after."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, message: Received) -> tuple[int, str]:
+        headers = message.headers
+        expected = signature(SECRET, headers, message.body)
+        if not hmac.compare_digest(
+            headers["Twitch-Eventsub-Message-Signature"], expected
+        ):
+            return 403, ""
+        sent = datetime.fromisoformat(headers["Twitch-Eventsub-Message-Timestamp"])
+        if abs(datetime.now(UTC) - sent) > timedelta(minutes=10):
+            return 403, ""
+        if headers["Twitch-Eventsub-Message-Id"] in self.seen:
+            return 200, ""
+        self.seen.add(headers["Twitch-Eventsub-Message-Id"])
+        return 204, ""
+
+
+@pytest.fixture(scope="module")
+def callback_server() -> Iterator[Receiver]:
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+@pytest.fixture
+def receiver(callback_server: Receiver, sandbox: Sandbox) -> Iterator[Receiver]:
+    callback_server.received.clear()
+    callback_server.answer = echo_challenge
+    callback_server.content_type = "text/plain"
+    sandbox.allow_insecure_callbacks = True  # the receiver is plain http
+    yield callback_server
+    sandbox.allow_insecure_callbacks = False
+
+
+def app_token(sandbox: Sandbox) -> str:
+    form = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "grant_type": "client_credentials",
+    }
+    return http(sandbox, "POST", "oauth2/token", form=form).json()["access_token"]
+
+
+def helix_headers(token: str, client_id: str = CLIENT_ID) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Client-Id": client_id}
+
+
+def subscription_body(callback: str, secret: str = SECRET) -> dict[str, object]:
+    return {
+        "type": REVOKE,
+        "version": "1",
+        "condition": {"client_id": CLIENT_ID},
+        "transport": {"method": "webhook", "callback": callback, "secret": secret},
+    }
+
+
+def create_subscription(
+    sandbox: Sandbox, callback: str, *, token: str | None = None, **changes: object
+) -> Reply:
+    body = {**subscription_body(callback), **changes}
+    headers = helix_headers(token or app_token(sandbox))
+    return http(sandbox, "POST", SUBSCRIPTIONS, json_body=body, headers=headers)
+
+
+def subscribe(sandbox: Sandbox, callback: str, status: str = ENABLED) -> dict:
+    """A subscription whose verification is over and ended in ``status``."""
+    reply = create_subscription(sandbox, callback)
+    assert reply.status == 202, reply.text
+    subscription_id = reply.json()["data"][0]["id"]
+    return sandbox.wait_for_subscription_status(subscription_id, status)
+
+
+def list_subscriptions(sandbox: Sandbox, **query: str) -> Reply:
+    headers = helix_headers(app_token(sandbox))
+    return http(sandbox, "GET", SUBSCRIPTIONS, query=query, headers=headers)
+
+
+def test_creating_a_subscription_answers_202_pending_without_the_secret(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    reply = create_subscription(sandbox, receiver.url)
+
+    assert reply.status == 202
+    assert reply.headers["Content-Type"] == "application/json"
+    body = reply.json()
+    assert set(body) == {"data", "total", "total_cost", "max_total_cost"}
+    assert (body["total"], body["total_cost"], body["max_total_cost"]) == (1, 0, 10000)
+    [subscription] = body["data"]
+    assert list(subscription) == [
+        "id",
+        "status",
+        "type",
+        "version",
+        "condition",
+        "created_at",
+        "transport",
+        "cost",
+    ]
+    assert uuid.UUID(subscription["id"]).version == 4
+    assert subscription["status"] == "webhook_callback_verification_pending"
+    assert (subscription["type"], subscription["version"]) == (REVOKE, "1")
+    assert subscription["condition"] == {"client_id": CLIENT_ID}
+    assert RFC3339.fullmatch(subscription["created_at"])
+    assert subscription["transport"] == {"method": "webhook", "callback": receiver.url}
+    assert subscription["cost"] == 0
+    assert SECRET not in reply.text
+    sandbox.wait_for_subscription_status(subscription["id"], ENABLED)
+
+
+def test_echoing_the_signed_challenge_enables_the_subscription(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    pending = create_subscription(sandbox, receiver.url).json()["data"][0]
+
+    enabled = sandbox.wait_for_subscription_status(pending["id"], ENABLED)
+
+    [challenge] = receiver.received
+    headers = challenge.headers
+    assert headers["Twitch-Eventsub-Message-Type"] == "webhook_callback_verification"
+    assert headers["Twitch-Eventsub-Message-Retry"] == "0"
+    assert headers["Twitch-Eventsub-Subscription-Type"] == REVOKE
+    assert headers["Twitch-Eventsub-Subscription-Version"] == "1"
+    assert headers["Content-Type"] == "application/json"
+    assert uuid.UUID(headers["Twitch-Eventsub-Message-Id"])
+    assert RFC3339.fullmatch(headers["Twitch-Eventsub-Message-Timestamp"])
+    assert headers["Twitch-Eventsub-Message-Signature"] == signature(
+        SECRET, headers, challenge.body
+    )
+    assert set(challenge.json()) == {"challenge", "subscription"}
+    assert challenge.json()["subscription"] == pending
+    assert enabled == {**pending, "status": ENABLED}
+    assert sandbox.subscriptions() == [enabled]
+    [delivery] = sandbox.deliveries
+    assert delivery.message_type == "webhook_callback_verification"
+    assert delivery.message_id == headers["Twitch-Eventsub-Message-Id"]
+    assert delivery.subscription_id == pending["id"]
+    assert delivery.status == 200
+    assert delivery.body == challenge.body.decode()
+
+
+def test_an_echo_sent_as_another_content_type_is_still_accepted(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    receiver.content_type = "application/json"
+
+    assert subscribe(sandbox, receiver.url)["status"] == ENABLED
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda message: (200, "not the challenge"),
+        lambda message: (200, message.json()["challenge"] + "\n"),
+        lambda message: (500, message.json()["challenge"]),
+        lambda message: (302, message.json()["challenge"]),
+    ],
+    ids=["wrong", "trailing-newline", "error-status", "redirect"],
+)
+def test_verification_fails_unless_the_challenge_comes_back_exactly(
+    sandbox: Sandbox, receiver: Receiver, answer: Answer
+) -> None:
+    receiver.answer = answer
+    reply = create_subscription(sandbox, receiver.url)
+    subscription_id = reply.json()["data"][0]["id"]
+
+    failed = sandbox.wait_for_subscription_status(subscription_id, FAILED)
+
+    assert failed["status"] == FAILED
+    with pytest.raises(ValueError, match=FAILED):
+        sandbox.wait_for_subscription_status(subscription_id, ENABLED)
+
+
+def test_an_unreachable_callback_fails_verification(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nobody listens there once closed
+
+    subscription = subscribe(sandbox, f"http://127.0.0.1:{port}/", status=FAILED)
+
+    [delivery] = sandbox.deliveries
+    assert (delivery.subscription_id, delivery.status) == (subscription["id"], 0)
+
+
+def test_a_callback_too_slow_to_answer_fails_verification(
+    sandbox: Sandbox, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(twitch_sandbox.webhooks, "DELIVERY_TIMEOUT", 0.2)
+
+    def slow(message: Received) -> tuple[int, str]:
+        time.sleep(0.5)
+        return echo_challenge(message)
+
+    receiver.answer = slow
+
+    subscribe(sandbox, receiver.url, status=FAILED)
+
+    assert [d.status for d in sandbox.deliveries] == [0]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Client-Id": CLIENT_ID},
+        {"Authorization": "Bearer not-a-token", "Client-Id": CLIENT_ID},
+        "user token",
+        "other client",
+        "OAuth scheme",
+    ],
+)
+def test_every_subscription_call_needs_an_app_token_of_this_client(
+    sandbox: Sandbox, receiver: Receiver, headers: dict[str, str] | str
+) -> None:
+    if headers == "user token":
+        token = sandbox.issue_tokens(login="alice")["access_token"]
+        headers = helix_headers(token)
+    elif headers == "other client":
+        headers = helix_headers(app_token(sandbox), client_id="someone-else")
+    elif headers == "OAuth scheme":
+        headers = {"Authorization": f"OAuth {app_token(sandbox)}"}
+        headers["Client-Id"] = CLIENT_ID
+    body = subscription_body(receiver.url)
+
+    replies = [
+        http(sandbox, "POST", SUBSCRIPTIONS, json_body=body, headers=headers),
+        http(sandbox, "GET", SUBSCRIPTIONS, headers=headers),
+        http(sandbox, "DELETE", SUBSCRIPTIONS, query={"id": "x"}, headers=headers),
+    ]
+
+    for reply in replies:
+        assert reply.status == 401
+        assert reply.json()["error"] == "Unauthorized"
+        assert reply.json()["status"] == 401
+        assert reply.json()["message"]
+    assert sandbox.subscriptions() == []
+    assert receiver.received == []
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"type": "channel.follow"},
+        {"type": None},
+        {"version": "2"},
+        {"version": 1},
+        {"condition": {"client_id": "someone-else"}},
+        {"condition": {"client_id": CLIENT_ID, "user_id": "1"}},
+        {"condition": None},
+        {"transport": {"method": "websocket", "session_id": "x"}},
+        {"transport": {"method": "webhook", "secret": SECRET}},
+        {"secret": "123456789"},
+        {"secret": "x" * 101},
+        {"secret": "é" * 12},
+        {"secret": None},
+    ],
+)
+def test_creating_refuses_what_twitch_refuses(
+    sandbox: Sandbox, receiver: Receiver, changes: dict[str, object]
+) -> None:
+    body = subscription_body(receiver.url)
+    if "secret" in changes:
+        body["transport"] = {**body["transport"], "secret": changes.pop("secret")}
+    body.update(changes)
+    body = {key: value for key, value in body.items() if value is not None}
+    headers = helix_headers(app_token(sandbox))
+
+    reply = http(sandbox, "POST", SUBSCRIPTIONS, json_body=body, headers=headers)
+
+    assert reply.status == 400
+    assert reply.json()["error"] == "Bad Request"
+    assert sandbox.subscriptions() == []
+
+
+@pytest.mark.parametrize(
+    ("data", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b'["a list"]', "application/json"),
+        (json.dumps(subscription_body("https://127.0.0.1/")).encode(), "text/plain"),
+    ],
+)
+def test_creating_refuses_a_body_that_is_not_a_json_object(
+    sandbox: Sandbox, data: bytes, content_type: str
+) -> None:
+    headers = {**helix_headers(app_token(sandbox)), "Content-Type": content_type}
+
+    reply = http(sandbox, "POST", SUBSCRIPTIONS, data=data, headers=headers)
+
+    assert reply.status == 400
+    assert reply.json()["error"] == "Bad Request"
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        "http://127.0.0.1/twitch/eventsub/",
+        "https://127.0.0.1:8443/twitch/eventsub/",
+        "https:///no-host",
+        "https://127.0.0.1:99999/",
+        "ftp://127.0.0.1/",
+        "not a url",
+    ],
+)
+def test_callbacks_must_be_https_on_port_443(sandbox: Sandbox, callback: str) -> None:
+    assert create_subscription(sandbox, callback).status == 400
+    # Port 443 on this machine: accepted, then verification cannot connect.
+    subscribe(sandbox, "https://127.0.0.1/twitch/eventsub/", status=FAILED)
+
+
+def test_insecure_callbacks_can_be_allowed_for_a_local_site(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    assert sandbox.allow_insecure_callbacks
+    assert create_subscription(sandbox, "ftp://127.0.0.1/").status == 400
+
+    assert subscribe(sandbox, receiver.url)["status"] == ENABLED
+
+
+def test_a_duplicate_is_a_conflict_while_the_first_is_pending_or_enabled(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    first = create_subscription(sandbox, receiver.url).json()["data"][0]
+    while_pending = create_subscription(sandbox, receiver.url)
+    sandbox.wait_for_subscription_status(first["id"], ENABLED)
+    while_enabled = create_subscription(sandbox, receiver.url)
+
+    for reply in (while_pending, while_enabled):
+        assert reply.status == 409
+        assert reply.json() == {
+            "error": "Conflict",
+            "status": 409,
+            "message": "subscription already exists",
+        }
+    assert len(sandbox.subscriptions()) == 1
+    assert subscribe(sandbox, receiver.url + "?other")["status"] == ENABLED
+
+
+def test_a_failed_or_revoked_subscription_does_not_block_a_new_one(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    receiver.answer = lambda message: (200, "no")
+    subscribe(sandbox, receiver.url, status=FAILED)
+    receiver.answer = echo_challenge
+    revoked = subscribe(sandbox, receiver.url)
+    sandbox.revoke_subscription(revoked["id"])
+
+    assert subscribe(sandbox, receiver.url)["status"] == ENABLED
+    assert [s["status"] for s in sandbox.subscriptions()] == [
+        FAILED,
+        "authorization_revoked",
+        ENABLED,
+    ]
+
+
+def test_listing_shows_every_subscription_and_filters_by_one_field(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    enabled = subscribe(sandbox, receiver.url)
+    receiver.answer = lambda message: (200, "no")
+    failed = subscribe(sandbox, receiver.url + "?b", status=FAILED)
+
+    everything = list_subscriptions(sandbox)
+    by_status = list_subscriptions(sandbox, status=FAILED)
+    by_type = list_subscriptions(sandbox, type=REVOKE)
+    other_type = list_subscriptions(sandbox, type="channel.follow")
+    by_id = list_subscriptions(sandbox, subscription_id=enabled["id"])
+    by_user = list_subscriptions(sandbox, user_id="100000001")
+
+    assert everything.status == 200
+    assert everything.json() == {
+        "data": [enabled, failed],
+        "total": 2,
+        "total_cost": 0,
+        "max_total_cost": 10000,
+        "pagination": {},
+    }
+    assert by_status.json()["data"] == [failed]
+    assert by_type.json()["data"] == [enabled, failed]
+    assert other_type.json()["data"] == []
+    assert by_id.json()["data"] == [enabled]
+    assert by_user.json()["data"] == []
+    assert other_type.json()["total"] == 2  # all the app has, filtered or not
+    assert sandbox.subscriptions() == [enabled, failed]
+
+
+def test_listing_refuses_two_filters_or_an_unknown_status(sandbox: Sandbox) -> None:
+    two = list_subscriptions(sandbox, status=ENABLED, type=REVOKE)
+    unknown = list_subscriptions(sandbox, status="asleep")
+
+    assert (two.status, unknown.status) == (400, 400)
+    assert two.json()["error"] == unknown.json()["error"] == "Bad Request"
+
+
+def test_deleting_a_subscription_answers_204_then_404(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    subscription = subscribe(sandbox, receiver.url)
+    headers = helix_headers(app_token(sandbox))
+    query = {"id": subscription["id"]}
+
+    deleted = http(sandbox, "DELETE", SUBSCRIPTIONS, query=query, headers=headers)
+    again = http(sandbox, "DELETE", SUBSCRIPTIONS, query=query, headers=headers)
+    no_id = http(sandbox, "DELETE", SUBSCRIPTIONS, headers=headers)
+
+    assert (deleted.status, deleted.body) == (204, b"")
+    assert again.status == 404
+    assert again.json() == {
+        "error": "Not Found",
+        "status": 404,
+        "message": "subscription not found",
+    }
+    assert no_id.status == 400
+    assert no_id.json()["error"] == "Bad Request"
+    assert sandbox.subscriptions() == []
+    assert list_subscriptions(sandbox).json()["data"] == []
+
+
+def test_disconnecting_a_user_notifies_each_enabled_revoke_subscription(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    pair = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
+    subscription = subscribe(sandbox, receiver.url)
+    receiver.answer = lambda message: (200, "no")
+    subscribe(sandbox, receiver.url + "?failed", status=FAILED)
+    receiver.answer = echo_challenge
+    receiver.received.clear()
+
+    sandbox.disconnect_user("alice")
+
+    assert not sandbox.is_refresh_token_valid(pair["refresh_token"])
+    [notification] = receiver.received  # the failed subscription gets nothing
+    headers = notification.headers
+    assert notification.type == "notification"
+    assert headers["Twitch-Eventsub-Message-Retry"] == "0"
+    assert headers["Twitch-Eventsub-Subscription-Type"] == REVOKE
+    assert headers["Twitch-Eventsub-Subscription-Version"] == "1"
+    assert RFC3339.fullmatch(headers["Twitch-Eventsub-Message-Timestamp"])
+    assert headers["Twitch-Eventsub-Message-Signature"] == signature(
+        SECRET, headers, notification.body
+    )
+    assert notification.json() == {
+        "subscription": subscription,
+        "event": {
+            "client_id": CLIENT_ID,
+            "user_id": sandbox.add_user("alice").id,
+            "user_login": "alice",
+            "user_name": "Alice",
+        },
+    }
+    delivery = sandbox.deliveries[-1]
+    assert delivery.message_type == "notification"
+    assert delivery.message_id == headers["Twitch-Eventsub-Message-Id"]
+    assert (delivery.subscription_id, delivery.status) == (subscription["id"], 204)
+
+
+def test_a_deleted_user_is_announced_with_null_login_and_name(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    user = sandbox.add_user("alice")
+    subscribe(sandbox, receiver.url)
+
+    sandbox.disconnect_user("alice", gone=True)
+
+    assert receiver.received[-1].json()["event"] == {
+        "client_id": CLIENT_ID,
+        "user_id": user.id,
+        "user_login": None,
+        "user_name": None,
+    }
+
+
+def test_revoking_a_subscription_sends_a_signed_revocation(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.add_user("alice")
+    subscription = subscribe(sandbox, receiver.url)
+
+    sandbox.revoke_subscription(subscription["id"], reason="user_removed")
+
+    revocation = receiver.received[-1]
+    assert revocation.type == "revocation"
+    assert revocation.headers["Twitch-Eventsub-Message-Signature"] == signature(
+        SECRET, revocation.headers, revocation.body
+    )
+    revoked = {**subscription, "status": "user_removed"}
+    assert revocation.json() == {"subscription": revoked}
+    assert sandbox.subscriptions() == [revoked]
+    assert sandbox.deliveries[-1].message_type == "revocation"
+    sandbox.disconnect_user("alice")
+    assert receiver.received[-1] is revocation  # revoked: told nothing more
+    with pytest.raises(ValueError, match="not enabled"):
+        sandbox.revoke_subscription(subscription["id"])
+
+
+def test_revoking_needs_a_known_subscription_and_reason(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    subscription = subscribe(sandbox, receiver.url)
+
+    with pytest.raises(KeyError):
+        sandbox.revoke_subscription("no-such-id")
+    with pytest.raises(ValueError, match="reason"):
+        sandbox.revoke_subscription(subscription["id"], reason="bored")
+    assert sandbox.subscriptions() == [subscription]
+
+
+def test_notification_messages_can_be_replayed_forged_or_stale(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.add_user("alice")
+    subscription = subscribe(sandbox, receiver.url)
+    receiver.answer = SiteLikeChecks()
+    message = sandbox.notification_message("alice")
+    received_before = len(receiver.received)
+
+    fresh = sandbox.deliver(message)
+    replayed = sandbox.deliver(message)
+    forged = sandbox.deliver(
+        sandbox.notification_message("alice", secret="not-the-secret")
+    )
+    stale = sandbox.deliver(
+        sandbox.notification_message(
+            "alice", timestamp=datetime.now(UTC) - timedelta(minutes=11)
+        )
+    )
+    same_id = sandbox.deliver(
+        sandbox.notification_message(
+            "alice", message_id=message.headers["Twitch-Eventsub-Message-Id"]
+        )
+    )
+    tampered = sandbox.deliver(
+        replace(message, body=message.body.replace(b"alice", b"mallory"))
+    )
+
+    assert (fresh, replayed, forged, stale, same_id, tampered) == (
+        204,
+        200,
+        403,
+        403,
+        200,
+        403,
+    )
+    assert json.loads(message.body)["subscription"] == subscription
+    assert message.subscription_id == subscription["id"]
+    assert receiver.received[received_before].body == message.body
+    assert len(receiver.received) == received_before + 6
+    assert [d.status for d in sandbox.deliveries[-6:]] == [204, 200, 403, 403, 200, 403]
+
+
+def test_a_notification_message_carries_the_timestamp_and_id_it_was_given(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.add_user("alice")
+    subscribe(sandbox, receiver.url)
+    when = datetime(2026, 11, 29, 15, 0, 0, 123456, tzinfo=UTC)
+
+    message = sandbox.notification_message(
+        "alice", timestamp=when, message_id="the-id", gone=True
+    )
+
+    assert isinstance(message, WebhookMessage)
+    assert message.headers["Twitch-Eventsub-Message-Timestamp"] == (
+        "2026-11-29T15:00:00.123456Z"
+    )
+    assert message.headers["Twitch-Eventsub-Message-Id"] == "the-id"
+    assert message.headers["Twitch-Eventsub-Message-Signature"] == signature(
+        SECRET, message.headers, message.body
+    )
+    assert json.loads(message.body)["event"]["user_login"] is None
+    assert receiver.received[-1].type == "webhook_callback_verification"  # unsent
+
+
+def test_a_notification_message_needs_one_enabled_subscription_or_its_id(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.add_user("alice")
+    with pytest.raises(ValueError, match="0 enabled"):
+        sandbox.notification_message("alice")
+    first = subscribe(sandbox, receiver.url)
+    subscribe(sandbox, receiver.url + "?second")
+
+    with pytest.raises(ValueError, match="2 enabled"):
+        sandbox.notification_message("alice")
+    with pytest.raises(KeyError):
+        sandbox.notification_message("nobody", subscription_id=first["id"])
+    with pytest.raises(ValueError, match="timezone"):
+        sandbox.notification_message(
+            "alice", subscription_id=first["id"], timestamp=datetime(2026, 1, 1)
+        )
+    named = sandbox.notification_message("alice", subscription_id=first["id"])
+    assert named.subscription_id == first["id"]
+
+
+def test_subscription_endpoints_are_recorded_and_take_faults(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.fail("eventsub_create", status=503, times=1)
+    sandbox.fail("eventsub_list", status=500, times=1)
+
+    failed = create_subscription(sandbox, receiver.url)
+    created = create_subscription(sandbox, receiver.url)
+    failed_list = list_subscriptions(sandbox)
+
+    assert failed.status == 503
+    assert created.status == 202
+    assert failed_list.status == 500
+    assert len(sandbox.subscriptions()) == 1  # the fault created nothing
+    assert sandbox.count("eventsub_create") == 2
+    assert sandbox.count("eventsub_list") == 1
+    recorded = [r for r in sandbox.requests if r.endpoint.startswith("eventsub")]
+    assert [(r.method, r.status) for r in recorded] == [
+        ("POST", 503),
+        ("POST", 202),
+        ("GET", 500),
+    ]
+    sandbox.wait_for_subscription_status(created.json()["data"][0]["id"], ENABLED)
+
+
+def test_control_endpoints_list_wait_disconnect_revoke_and_show_deliveries(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.add_user("alice")
+    reply = create_subscription(sandbox, receiver.url)
+    subscription_id = reply.json()["data"][0]["id"]
+    base = f"_sandbox/eventsub/subscriptions/{subscription_id}"
+
+    waited = http(sandbox, "POST", f"{base}/wait", json_body={"status": ENABLED})
+    disconnected = http(
+        sandbox, "POST", "_sandbox/users/alice/disconnect", json_body={"gone": True}
+    )
+    revoked = http(
+        sandbox, "POST", f"{base}/revoke", json_body={"reason": "user_removed"}
+    )
+    listed = http(sandbox, "GET", "_sandbox/eventsub/subscriptions")
+    deliveries = http(sandbox, "GET", "_sandbox/eventsub/deliveries")
+    unknown = http(
+        sandbox,
+        "POST",
+        "_sandbox/eventsub/subscriptions/nope/wait",
+        json_body={"status": ENABLED},
+    )
+
+    assert waited.json()["status"] == ENABLED
+    assert listed.json() == [{**waited.json(), "status": "user_removed"}]
+    assert disconnected.json() == revoked.json() == {"ok": True}
+    assert [d["message_type"] for d in deliveries.json()] == [
+        "webhook_callback_verification",
+        "notification",
+        "revocation",
+    ]
+    assert deliveries.json()[1]["status"] == 204
+    assert receiver.received[1].json()["event"]["user_login"] is None
+    assert unknown.status == 400
+
+
+def test_waiting_for_a_status_gives_up_after_the_timeout(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    answered = threading.Event()
+
+    def late(message: Received) -> tuple[int, str]:
+        answered.wait(5)
+        return echo_challenge(message)
+
+    receiver.answer = late
+    reply = create_subscription(sandbox, receiver.url)
+    subscription_id = reply.json()["data"][0]["id"]
+
+    with pytest.raises(TimeoutError):
+        sandbox.wait_for_subscription_status(subscription_id, ENABLED, timeout=0.1)
+    answered.set()
+    assert sandbox.wait_for_subscription_status(subscription_id, ENABLED)
+
+
+def test_reset_forgets_subscriptions_and_deliveries(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    subscribe(sandbox, receiver.url)
+
+    sandbox.reset()
+
+    assert sandbox.subscriptions() == []
+    assert sandbox.deliveries == []
+    assert sandbox.allow_insecure_callbacks  # configuration stays
+
+
+def test_notifying_needs_the_sandbox_running(receiver: Receiver) -> None:
+    other = Sandbox(
+        client_id=CLIENT_ID, client_secret=CLIENT_SECRET, allow_insecure_callbacks=True
+    ).start()
+    try:
+        other.add_user("alice")
+        subscribe(other, receiver.url)
+    finally:
+        other.stop()
+
+    with pytest.raises(RuntimeError, match="not running"):
+        other.disconnect_user("alice")
+
+
+async def test_twitchapi_manages_subscriptions_on_the_sandbox(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    twitch = await Twitch(
+        CLIENT_ID,
+        CLIENT_SECRET,
+        base_url=sandbox.api_base_url,
+        auth_base_url=sandbox.auth_base_url,
+    )
+    transport = {"method": "webhook", "callback": receiver.url, "secret": SECRET}
+    condition = {"client_id": CLIENT_ID}
+
+    await twitch.create_eventsub_subscription(REVOKE, "1", condition, transport)
+    [created] = sandbox.subscriptions()
+    sandbox.wait_for_subscription_status(created["id"], ENABLED)
+    listed = await twitch.get_eventsub_subscriptions()
+    await twitch.delete_eventsub_subscription(created["id"])
+    await twitch.close()
+
+    assert [(s.id, s.status, s.type) for s in listed.data] == [
+        (created["id"], ENABLED, REVOKE)
+    ]
+    assert listed.total == 1
+    assert sandbox.subscriptions() == []

@@ -1,9 +1,10 @@
-"""A local stand-in for Twitch's OAuth server and Helix ``GET /users``.
+"""A local stand-in for Twitch's OAuth server, Helix ``GET /users`` and EventSub
+webhooks for ``user.authorization.revoke``.
 
 Built from shared/twitch-oauth.md: same paths, parameters, JSON fields, status
 codes and error bodies as Twitch, strict where Twitch is strict, plus handles
 for tests (users, expiry, disconnects, faults, altered answers, latency, live
-tokens, a record of every request)::
+tokens, a record of every request, signed webhook messages)::
 
     sandbox = Sandbox(redirect_uris=["http://testserver/twitch/callback/"])
     sandbox.start()
@@ -17,12 +18,15 @@ from .faults import ENDPOINTS
 from .ledger import LiveTokens, SandboxUser
 from .recording import RECORDED_ENDPOINTS, RecordedRequest
 from .sandbox import Sandbox
+from .webhooks import Delivery, WebhookMessage
 
 __all__ = [
+    "Delivery",
     "ENDPOINTS",
     "LiveTokens",
     "RECORDED_ENDPOINTS",
     "RecordedRequest",
     "Sandbox",
     "SandboxUser",
+    "WebhookMessage",
 ]

@@ -18,7 +18,8 @@ from .sandbox import (
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m twitch_sandbox",
-        description="A local stand-in for Twitch's OAuth server and Helix /users. "
+        description="A local stand-in for Twitch's OAuth server, Helix /users and "
+        "EventSub webhooks for user.authorization.revoke. "
         "Control it over HTTP under /_sandbox/. Ctrl-C stops it.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -51,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         metavar="S",
         help="seconds a new access token lives",
     )
+    parser.add_argument(
+        "--allow-insecure-callbacks",
+        action="store_true",
+        help="accept http:// EventSub callbacks on any port (Twitch wants https "
+        "on 443), for a site running locally",
+    )
     args = parser.parse_args(argv)
 
     sandbox = Sandbox(
@@ -58,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         client_secret=args.client_secret,
         redirect_uris=args.redirect_uri,
         access_token_lifetime=args.access_token_lifetime,
+        allow_insecure_callbacks=args.allow_insecure_callbacks,
     )
     if args.latency:
         sandbox.set_latency(args.latency)

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import control, helix, oauth
+from . import control, eventsub, helix, oauth
 from .faults import HANG_SECONDS
-from .keys import FAULTS, LEDGER, LOG, SLEEPERS
+from .keys import DELIVERING, EVENTSUB, FAULTS, LEDGER, LOG, SLEEPERS
 from .recording import RECORDED_ENDPOINTS, RecordedRequest
 
 if TYPE_CHECKING:
@@ -26,8 +26,10 @@ def build_app(sandbox: Sandbox) -> web.Application:
     app[LEDGER] = sandbox.ledger
     app[FAULTS] = sandbox.faults
     app[LOG] = sandbox.log
+    app[EVENTSUB] = sandbox.eventsub
     app[SLEEPERS] = set()
-    app.on_shutdown.append(_wake_sleepers)
+    app[DELIVERING] = set()
+    app.on_shutdown.append(_cancel_waiting)
 
     # Route names are the recorded endpoint names; HEAD routes would be
     # unnamed, so there are none.
@@ -42,6 +44,14 @@ def build_app(sandbox: Sandbox) -> web.Application:
     )
     router.add_post("/oauth2/revoke", oauth.revoke, name="revoke")
     router.add_get("/helix/users", helix.users, name="users", allow_head=False)
+    # One path, three names: aiohttp names resources, so each method gets its
+    # own resource, and a request falls through to the one for its method.
+    subscriptions = "/helix/eventsub/subscriptions"
+    router.add_post(subscriptions, eventsub.create, name="eventsub_create")
+    router.add_get(
+        subscriptions, eventsub.list_, name="eventsub_list", allow_head=False
+    )
+    router.add_delete(subscriptions, eventsub.delete, name="eventsub_delete")
 
     router.add_routes(control.routes(sandbox))
     return app
@@ -122,6 +132,7 @@ async def _sleep(app: web.Application, seconds: float) -> None:
         app[SLEEPERS].discard(task)
 
 
-async def _wake_sleepers(app: web.Application) -> None:
-    for task in list(app[SLEEPERS]):
+async def _cancel_waiting(app: web.Application) -> None:
+    # Sleeping requests and challenges on their way: stopping waits for neither.
+    for task in [*app[SLEEPERS], *app[DELIVERING]]:
         task.cancel()

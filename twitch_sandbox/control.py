@@ -11,6 +11,8 @@ calls are never recorded and never delayed or failed by the faults they set.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, is_dataclass
@@ -37,6 +39,10 @@ COMMANDS = (
     ("POST", "alter", "alter"),
     ("POST", "clear-faults", "clear_faults"),
     ("GET", "stats", "stats"),
+    ("GET", "eventsub/subscriptions", "subscriptions"),
+    ("POST", "eventsub/subscriptions/{id}/wait", "wait_for_subscription_status"),
+    ("POST", "eventsub/subscriptions/{id}/revoke", "revoke_subscription"),
+    ("GET", "eventsub/deliveries", "deliveries"),
 )
 
 OK = {"ok": True}
@@ -46,17 +52,24 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 def routes(sandbox: Sandbox) -> list[web.RouteDef]:
     return [
-        web.route(method, f"/_sandbox/{path}", _calling(getattr(sandbox, name)))
+        web.route(method, f"/_sandbox/{path}", _calling(_target(sandbox, name)))
         for method, path, name in COMMANDS
     ]
+
+
+def _target(sandbox: Sandbox, name: str) -> Callable[..., object]:
+    if isinstance(getattr(type(sandbox), name), property):
+        # Read at each call, not once now; arguments are a TypeError.
+        return functools.partial(getattr, sandbox, name)
+    return getattr(sandbox, name)
 
 
 def _calling(method: Callable[..., object]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
         try:
             arguments = {**await _arguments(request), **request.match_info}
-            result = method(**arguments)
-        except (KeyError, TypeError, ValueError) as exc:
+            result = await asyncio.to_thread(method, **arguments)
+        except (KeyError, TypeError, ValueError, TimeoutError) as exc:
             message = exc.args[0] if exc.args else repr(exc)
             return json_response({"status": 400, "message": message}, status=400)
         return json_response(_jsonable(result))
@@ -75,8 +88,12 @@ async def _arguments(request: web.Request) -> dict[str, Any]:
 
 
 def _jsonable(result: object) -> object:
-    if result is None:
-        return OK
-    if is_dataclass(result) and not isinstance(result, type):
-        return asdict(result)
-    return result
+    return OK if result is None else _plain(result)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value

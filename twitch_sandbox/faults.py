@@ -25,7 +25,16 @@ from aiohttp import web
 from .responses import json_response
 
 # The names tests use; "authorize" covers both the page and the form post.
-ENDPOINTS = ("authorize", "token", "validate", "revoke", "users")
+ENDPOINTS = (
+    "authorize",
+    "token",
+    "validate",
+    "revoke",
+    "users",
+    "eventsub_create",
+    "eventsub_list",
+    "eventsub_delete",
+)
 # Longer than any client timeout; cancelled when the sandbox stops.
 HANG_SECONDS = 3600.0
 # What Helix advertises as its bucket size.

@@ -7,7 +7,7 @@ from aiohttp import web
 from .keys import LEDGER
 from .ledger import SandboxUser
 from .oauth import bearer_token
-from .responses import json_response
+from .responses import helix_error, json_response
 
 MAX_LOOKUPS = 100
 
@@ -65,10 +65,8 @@ def _user_json(user: SandboxUser, *, email: bool) -> dict[str, object]:
 
 
 def _unauthorized(message: str) -> web.Response:
-    body = {"error": "Unauthorized", "status": 401, "message": message}
-    return json_response(body, status=401)
+    return helix_error(401, message)
 
 
 def _bad_request(message: str) -> web.Response:
-    body = {"error": "Bad Request", "status": 400, "message": message}
-    return json_response(body, status=400)
+    return helix_error(400, message)

@@ -14,6 +14,9 @@ RECORDED_ENDPOINTS = (
     "validate",
     "revoke",
     "users",
+    "eventsub_create",
+    "eventsub_list",
+    "eventsub_delete",
 )
 # Enough for any test; a long benchmark keeps only the latest requests while
 # the counts stay exact.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -18,6 +19,12 @@ def json_response(
         body=json.dumps(body).encode(),
         headers={**(headers or {}), "Content-Type": "application/json"},
     )
+
+
+def helix_error(status: int, message: str) -> web.Response:
+    """A Helix error: ``{"error": <reason>, "status": ..., "message": ...}``."""
+    body = {"error": HTTPStatus(status).phrase, "status": status, "message": message}
+    return json_response(body, status=status)
 
 
 def redirect(uri: str, params: dict[str, str]) -> web.Response:

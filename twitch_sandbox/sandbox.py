@@ -1,8 +1,9 @@
 """The Sandbox: a real HTTP server in a thread, and the one API to drive it.
 
 Its parts are public attributes: ``ledger`` (users, codes and tokens),
-``faults`` (queued faults and latency) and ``log`` (recorded requests); the
-OAuth and Helix handlers use them directly. The methods here are the documented
+``faults`` (queued faults and latency), ``log`` (recorded requests) and
+``eventsub`` (EventSub subscriptions and deliveries); the OAuth and Helix
+handlers use them directly. The methods here are the documented
 surface for tests, most of them one line onto those parts; the fault methods
 describe each fault once as a ``Fault``. The ``/_sandbox/`` control endpoints
 (control.py) call these very methods, so Python and HTTP share one API.
@@ -12,15 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
+from typing import TypeVar
 
 from aiohttp import web
 
+from . import webhooks
 from .app import build_app
 from .faults import Fault, Faults
 from .ledger import Ledger, LiveTokens, SandboxUser
 from .recording import RecordedRequest, RequestLog
+from .webhooks import Delivery, Subscriptions, WebhookMessage
 
 DEFAULT_CLIENT_ID = "sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "sandbox-client-secret"
@@ -31,9 +36,12 @@ SHUTDOWN_TIMEOUT = 2.0
 # Seeding more than this in one call is a mistake, not a benchmark.
 MAX_SEEDED_TOKENS = 100_000
 
+T = TypeVar("T")
+
 
 class Sandbox:
-    """A local stand-in for id.twitch.tv's OAuth endpoints and Helix ``/users``.
+    """A local stand-in for id.twitch.tv's OAuth endpoints, Helix ``/users``
+    and EventSub webhooks for ``user.authorization.revoke``.
 
     ``start()`` serves real HTTP from a daemon thread with its own event loop;
     every other method may be called from any thread while it serves.
@@ -46,6 +54,7 @@ class Sandbox:
         client_secret: str = DEFAULT_CLIENT_SECRET,
         redirect_uris: Iterable[str] = (),
         access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME,
+        allow_insecure_callbacks: bool = False,
     ) -> None:
         self.ledger = Ledger(
             client_id=client_id,
@@ -55,6 +64,7 @@ class Sandbox:
         )
         self.faults = Faults()
         self.log = RequestLog()
+        self.eventsub = Subscriptions(allow_insecure_callbacks=allow_insecure_callbacks)
         self._host = ""
         self._port: int | None = None
         self._thread: threading.Thread | None = None
@@ -84,6 +94,16 @@ class Sandbox:
     @access_token_lifetime.setter
     def access_token_lifetime(self, seconds: int) -> None:
         self.ledger.access_token_lifetime = seconds
+
+    @property
+    def allow_insecure_callbacks(self) -> bool:
+        """Whether EventSub callbacks may be http:// or on any port; Twitch
+        takes only https on port 443, and so does the sandbox by default."""
+        return self.eventsub.allow_insecure_callbacks
+
+    @allow_insecure_callbacks.setter
+    def allow_insecure_callbacks(self, allow: bool) -> None:
+        self.eventsub.allow_insecure_callbacks = allow
 
     # Serving -------------------------------------------------------------
 
@@ -183,13 +203,15 @@ class Sandbox:
     # Users, codes and tokens (the ledger) --------------------------------
 
     def reset(self) -> None:
-        """Forget users, codes, tokens, faults, latency and recorded requests.
+        """Forget users, codes, tokens, faults, latency, recorded requests,
+        EventSub subscriptions and deliveries.
 
-        The client and its redirect URIs stay.
+        The client, its redirect URIs and ``allow_insecure_callbacks`` stay.
         """
         self.ledger.reset()
         self.faults.reset()
         self.log.reset()
+        self.eventsub.reset()
 
     def add_user(self, login: str) -> SandboxUser:
         """The user with this login, created if new."""
@@ -226,10 +248,25 @@ class Sandbox:
         keep working."""
         self.ledger.expire_access_tokens(login)
 
-    def disconnect_user(self, login: str) -> None:
+    def disconnect_user(self, login: str, *, gone: bool = False) -> None:
         """The user disconnected the app on Twitch: all their access and
-        refresh tokens die."""
+        refresh tokens die, and every enabled ``user.authorization.revoke``
+        subscription for this client gets a signed notification.
+
+        Returns once each callback answered (or timed out), so a test can
+        assert at once. ``gone``: the user deleted their account, and the
+        event's ``user_login`` and ``user_name`` are null.
+        """
         self.ledger.disconnect_user(login)
+        user = self._user(login)
+        messages = []
+        for subscription in self.eventsub.revoke_targets(self.client_id):
+            message = self.eventsub.notification(
+                subscription, user, client_id=self.client_id, gone=gone
+            )
+            messages.append((subscription, message))
+        if messages:
+            self._on_loop(self._post_each(messages))
 
     def tokens_issued(self) -> list[str]:
         """Every access and refresh token ever issued, dead or alive."""
@@ -278,6 +315,111 @@ class Sandbox:
             user = self.ledger.add_user(login)
             minted.append({"user_id": user.id, "login": user.login, **pair})
         return {"tokens": minted}
+
+    # EventSub --------------------------------------------------------------
+
+    def subscriptions(self) -> list[dict[str, object]]:
+        """Every EventSub subscription, oldest first, as Helix lists them."""
+        return self.eventsub.list()
+
+    def wait_for_subscription_status(
+        self, id: str, status: str, timeout: float = 10.0
+    ) -> dict[str, object]:
+        """The subscription once its status is ``status``. Waits while its
+        verification is under way; ValueError if it ended in another status,
+        TimeoutError after ``timeout`` seconds, KeyError for an unknown id."""
+        return self.eventsub.wait_for(id, status, float(timeout))
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        """Every message posted to a callback, in the order they were answered."""
+        return self.eventsub.deliveries
+
+    def notification_message(
+        self,
+        login: str,
+        *,
+        subscription_id: str | None = None,
+        timestamp: datetime | None = None,
+        message_id: str | None = None,
+        secret: str | None = None,
+        gone: bool = False,
+    ) -> WebhookMessage:
+        """A signed ``user.authorization.revoke`` notification about ``login``,
+        built but not sent (``deliver`` sends it).
+
+        For the only enabled revoke subscription unless ``subscription_id``
+        names one. A wrong ``secret`` makes a bad signature, an old
+        ``timestamp`` (timezone-aware) a stale message, an earlier
+        ``message_id`` a replay.
+        """
+        user = self._user(login)
+        if subscription_id is not None:
+            subscription = self.eventsub.get(subscription_id)
+        else:
+            targets = self.eventsub.revoke_targets(self.client_id)
+            if len(targets) != 1:
+                raise ValueError(
+                    f"{len(targets)} enabled {webhooks.REVOKE_TYPE} subscriptions;"
+                    " name one with subscription_id"
+                )
+            subscription = targets[0]
+        return self.eventsub.notification(
+            subscription,
+            user,
+            client_id=self.client_id,
+            gone=gone,
+            message_id=message_id,
+            timestamp=timestamp,
+            secret=secret,
+        )
+
+    def deliver(self, message: WebhookMessage) -> int:
+        """POST the message to its subscription's callback as it is; the HTTP
+        status answered, 0 if none."""
+        subscription = self.eventsub.get(webhooks.subscription_id_of(message))
+        return self._on_loop(webhooks.post(self.eventsub, subscription, message)).status
+
+    def revoke_subscription(
+        self, id: str, reason: str = "authorization_revoked"
+    ) -> None:
+        """Twitch revokes an enabled subscription: its status becomes
+        ``reason`` and its callback gets a signed ``revocation``; returns once
+        it answered."""
+        if reason not in webhooks.REVOCATION_REASONS:
+            raise ValueError(
+                f"unknown reason {reason!r}; use one of {webhooks.REVOCATION_REASONS}"
+            )
+        subscription = self.eventsub.get(id)
+        status = self.eventsub.json(subscription)["status"]
+        if status != webhooks.ENABLED:
+            raise ValueError(f"subscription {id} is {status!r}, not enabled")
+        self.eventsub.set_status(subscription, reason)
+        message = self.eventsub.revocation(subscription)
+        self._on_loop(webhooks.post(self.eventsub, subscription, message))
+
+    def _user(self, login: str) -> SandboxUser:
+        user = self.ledger.user_by_login(login)
+        if user is None:
+            raise KeyError(f"no sandbox user with login {login!r}")
+        return user
+
+    async def _post_each(
+        self, messages: list[tuple[webhooks.Subscription, WebhookMessage]]
+    ) -> None:
+        # One after the other, so deliveries are recorded in a stable order.
+        for subscription, message in messages:
+            await webhooks.post(self.eventsub, subscription, message)
+
+    def _on_loop(self, coroutine: Coroutine[object, object, T]) -> T:
+        """Run ``coroutine`` on the sandbox's loop and wait for its result."""
+        loop = self._loop
+        if loop is None or threading.current_thread() is self._thread:
+            coroutine.close()
+            if loop is None:
+                raise RuntimeError("the sandbox is not running; call start() first")
+            raise RuntimeError("called on the sandbox's own thread: it would hang")
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
 
     # Faults and latency --------------------------------------------------
 
