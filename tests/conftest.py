@@ -32,6 +32,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
 REDIRECT_URI = "http://testserver/twitch/callback/"
+# What the served site signs EventSub messages with (tests/test_eventsub_served.py).
+EVENTSUB_SECRET = "served-site-eventsub-secret"
 
 
 @pytest.fixture(scope="session")
@@ -226,6 +228,8 @@ def site(sandbox: Sandbox) -> Iterator[str]:
         sandbox,
         ALLOWED_HOSTS="localhost",
         TWITCH_REDIRECT_URI=f"{base}/twitch/callback/",
+        TWITCH_EVENTSUB_CALLBACK_URL=f"{base}/twitch/eventsub/",
+        TWITCH_EVENTSUB_SECRET=EVENTSUB_SECRET,
     )
     server = subprocess.Popen(
         [

@@ -146,3 +146,33 @@ async def test_the_site_and_the_admin_satisfy_the_content_security_policy(
     await page.click("button[name=index]")
     await page.wait_for_selector("text=Revoke")
     await assert_no_csp_violations(page)
+
+
+async def test_a_connection_revoked_on_twitch_shows_connect_twitch_again(
+    site, sandbox, settings, browser, django_user_model
+):
+    import asyncio
+    import io
+
+    from django.core.management import call_command
+
+    from tests.conftest import EVENTSUB_SECRET
+
+    sandbox.allow_insecure_callbacks = True
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = f"{site}/twitch/eventsub/"
+    settings.TWITCH_EVENTSUB_SECRET = EVENTSUB_SECRET
+    await sync_to_async(call_command)("eventsub", "subscribe", stdout=io.StringIO())
+    await django_user_model.objects.acreate_user("gina", password="pw")
+    page = await sign_in(browser, site, "gina")
+    await page.click("text=Connect Twitch")
+    await page.fill("input[name=login]", "ginastreams")
+    await page.click("button[value=authorize]")
+    await page.wait_for_selector("text=Connected as ginastreams on Twitch.")
+
+    # Gina removes the site under Connections on Twitch; Twitch tells the site.
+    await asyncio.to_thread(sandbox.disconnect_user, "ginastreams")
+    await page.reload()
+
+    await page.wait_for_selector("button:has-text('Connect Twitch')")
+    assert "No Twitch account is connected" in await page.inner_text("main")
+    await assert_no_csp_violations(page)
