@@ -97,6 +97,8 @@ class SafeLookups:
         parts = set(lookup.split(LOOKUP_SEP))
         if parts & UNFILTERABLE or parts & UNSAFE_LOOKUPS:
             return False
+        if "\x00" in str(value):
+            return False  # PostgreSQL refuses NUL in text: a 400, not a 500
         return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
 
 

@@ -20,8 +20,9 @@ from accounts.models import AppToken
 
 # App tokens live about 60 days; a new one is fetched this long before expiry.
 RENEW_BEFORE = timedelta(hours=1)
-# One process fetches; the others wait this long for it before giving up.
-FETCH_LEASE = timedelta(seconds=30)
+# One process fetches; longer than its worst case (three attempts of 8 s, backoff,
+# a rate limit's wait of up to 30 s), so no second process starts meanwhile.
+FETCH_LEASE = timedelta(minutes=2)
 WAIT = 15.0  # seconds
 POLL = 0.2  # seconds
 
@@ -107,5 +108,7 @@ async def _fetch_and_store() -> str:
     row.access_token = grant.access_token
     row.expires_at = timezone.now() + timedelta(seconds=grant.expires_in)
     row.claimed_until = None
+    # Written whatever happened meanwhile: a token Twitch just issued is good, and
+    # the newest one is the one to share.
     await row.asave(update_fields=["access_token", "expires_at", "claimed_until"])
     return grant.access_token

@@ -119,13 +119,49 @@ def _parse_timestamp(text: str) -> datetime | None:
 async def handle(message: Message) -> None:
     """Act on a notification or revocation once; a message id seen before is not
     handled again."""
+    keep = await _reconnected_since(message)
     # One transaction: the message id and what it changes commit together.
-    revoked = await sync_to_async(_handle_once)(message)
+    revoked = await sync_to_async(_handle_once)(message, keep=keep)
     for token in revoked:
-        await signals.token_revoked.asend(sender=TwitchToken, token=token)
+        # A failing receiver must not make Twitch redeliver (the redelivery would
+        # be "seen before" and the receiver would never hear of it again).
+        for receiver, outcome in await signals.token_revoked.asend_robust(
+            sender=TwitchToken, token=token
+        ):
+            if isinstance(outcome, Exception):
+                logger.error("token_revoked receiver %r failed: %r", receiver, outcome)
 
 
-def _handle_once(message: Message) -> list[TwitchToken]:
+async def _reconnected_since(message: Message) -> set[int]:
+    """Connections of the disconnected user made again after the disconnect.
+
+    Twitch redelivers a message it could not hand over for a while; the user may
+    have reconnected meanwhile, and that connection must not be wiped. The message
+    carries no time of the disconnect, so a connection (re)made within the replay
+    window is asked about at Twitch: if Twitch still accepts its token, it is newer
+    than the disconnect.
+    """
+    event = message.body.get("event") or {}
+    user_id = event.get("user_id") if isinstance(event, dict) else None
+    if message.type != "notification" or not isinstance(user_id, str):
+        return set()
+    recent = TwitchToken.objects.filter(
+        twitch_user_id=user_id,
+        status=TwitchToken.Status.ACTIVE,
+        events__action=TokenEvent.Action.CONNECT,
+        events__created_at__gte=timezone.now() - MAX_AGE,
+    ).distinct()
+    keep = set()
+    async for token in recent:
+        try:
+            await twitch.validate(token.access_token)
+        except twitch.TwitchError:
+            continue  # dead, or Twitch cannot say: the signed message wins
+        keep.add(token.pk)
+    return keep
+
+
+def _handle_once(message: Message, *, keep: set[int]) -> list[TwitchToken]:
     try:
         with transaction.atomic():
             EventSubMessage.objects.filter(
@@ -133,7 +169,7 @@ def _handle_once(message: Message) -> list[TwitchToken]:
             ).delete()
             EventSubMessage.objects.create(message_id=message.id[:100])
             if message.type == "notification":
-                return _notification(message.body)
+                return _notification(message.body, keep=keep)
             if message.type == "revocation":
                 _revocation(message.body)
     except IntegrityError:
@@ -141,7 +177,7 @@ def _handle_once(message: Message) -> list[TwitchToken]:
     return []
 
 
-def _notification(body: dict[str, Any]) -> list[TwitchToken]:
+def _notification(body: dict[str, Any], *, keep: set[int]) -> list[TwitchToken]:
     subscription = body.get("subscription") or {}
     event = body.get("event") or {}
     if not isinstance(subscription, dict) or not isinstance(event, dict):
@@ -154,8 +190,10 @@ def _notification(body: dict[str, Any]) -> list[TwitchToken]:
     ):
         return []  # not ours to act on; answered all the same
     revoked = []
-    tokens = TwitchToken.objects.select_for_update().filter(
-        twitch_user_id=event["user_id"]
+    tokens = (
+        TwitchToken.objects.select_for_update()
+        .filter(twitch_user_id=event["user_id"])
+        .exclude(pk__in=keep)
     )
     for token in tokens.exclude(status=TwitchToken.Status.REVOKED):
         token.wipe_secrets()
@@ -215,54 +253,64 @@ async def subscriptions() -> list[dict[str, Any]]:
     )
 
 
-async def subscribe() -> tuple[dict[str, Any], bool]:
-    """The site's `user.authorization.revoke` subscription, created if none is
-    live; returns it and whether it was created."""
+async def subscribe(*, replace: bool = False) -> tuple[dict[str, Any], bool]:
+    """The site's `user.authorization.revoke` subscription, created unless a live
+    one already calls TWITCH_EVENTSUB_CALLBACK_URL; returns it and whether it was
+    created. Ours with another callback (the site moved) are deleted first, and so
+    is every one of ours with `replace` (a new secret: Twitch never says which
+    secret a subscription signs with)."""
     for subscription in await subscriptions():
-        if _is_ours(subscription) and subscription.get("status") in LIVE_STATUSES:
+        if not _is_ours(subscription):
+            continue
+        if (
+            not replace
+            and _callback(subscription) == settings.TWITCH_EVENTSUB_CALLBACK_URL
+            and subscription.get("status") in LIVE_STATUSES
+        ):
             return subscription, False
-    try:
-        created = await _with_app_token(
-            lambda token: twitch.create_eventsub_subscription(
-                app_token=token,
-                subscription_type=SUBSCRIPTION_TYPE,
-                version=SUBSCRIPTION_VERSION,
-                condition={"client_id": settings.TWITCH_CLIENT_ID},
-                callback=settings.TWITCH_EVENTSUB_CALLBACK_URL,
-                secret=settings.TWITCH_EVENTSUB_SECRET,
-            )
+        await _delete(subscription)
+    created = await _with_app_token(
+        lambda token: twitch.create_eventsub_subscription(
+            app_token=token,
+            subscription_type=SUBSCRIPTION_TYPE,
+            version=SUBSCRIPTION_VERSION,
+            condition={"client_id": settings.TWITCH_CLIENT_ID},
+            callback=settings.TWITCH_EVENTSUB_CALLBACK_URL,
+            secret=settings.TWITCH_EVENTSUB_SECRET,
         )
-    except twitch.TwitchRejected as rejected:
-        if rejected.status != 409:
-            raise
-        # Created by another run just now.
-        live = [s for s in await subscriptions() if _is_ours(s)]
-        return live[0], False
+    )
     return created, True
 
 
 async def unsubscribe() -> int:
-    """Delete the site's `user.authorization.revoke` subscriptions; how many."""
+    """Delete the site's `user.authorization.revoke` subscriptions, whatever their
+    callback; how many."""
     ours = [s for s in await subscriptions() if _is_ours(s)]
     for subscription in ours:
-        await _with_app_token(
-            lambda token, s=subscription: twitch.delete_eventsub_subscription(
-                app_token=token, subscription_id=str(s["id"])
-            )
-        )
+        await _delete(subscription)
     return len(ours)
 
 
+async def _delete(subscription: dict[str, Any]) -> None:
+    await _with_app_token(
+        lambda token: twitch.delete_eventsub_subscription(
+            app_token=token, subscription_id=str(subscription["id"])
+        )
+    )
+
+
 def _is_ours(subscription: dict[str, Any]) -> bool:
-    transport = subscription.get("transport") or {}
     condition = subscription.get("condition") or {}
     return (
         subscription.get("type") == SUBSCRIPTION_TYPE
         and isinstance(condition, dict)
         and condition.get("client_id") == settings.TWITCH_CLIENT_ID
-        and isinstance(transport, dict)
-        and transport.get("callback") == settings.TWITCH_EVENTSUB_CALLBACK_URL
     )
+
+
+def _callback(subscription: dict[str, Any]) -> str:
+    transport = subscription.get("transport") or {}
+    return str(transport.get("callback") or "") if isinstance(transport, dict) else ""
 
 
 async def _with_app_token(call: Callable[[str], Awaitable[T]]) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
@@ -13,13 +13,14 @@ logger = logging.getLogger(__name__)
 
 
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
-    """Any view (the admin's included) that meets a `DatabaseError` answers 503 with
-    a plain sentence; nothing was half-written, because the error rolled back."""
+    """Any view (the admin's included) whose database is unreachable, refusing
+    writes or timing out answers 503 with a plain sentence; nothing was half-written,
+    because the error rolled back. Other database errors are bugs, left as such."""
 
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponse | None:
-        if not isinstance(exception, DatabaseError):
+        if not isinstance(exception, OperationalError | InterfaceError):
             return None
         logger.error("database error on %s: %s", request.path, type(exception).__name__)
         # Rendered without the request: its context processors (the user, the

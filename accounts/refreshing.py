@@ -348,7 +348,11 @@ class _Run:
                 self.leave(1)
                 continue
             result = await _maintain_one(
-                token, plan=self.plan, attempts=self.attempts, keep=self.keep_durably
+                token,
+                plan=self.plan,
+                attempts=self.attempts,
+                keep=self.keep_durably,
+                refresh_before=self.start_before,
             )
             if result.grant is None and result.spooled:
                 self.unstored -= 1  # Twitch's answer turned out unusable
@@ -506,9 +510,11 @@ async def _maintain_one(
     plan: Plan,
     attempts: int,
     keep: Callable[[_Result], None],
+    refresh_before: float | None = None,
 ) -> _Result:
     """Do what `plan` wants of one claimed token; `keep` gets a pair Twitch handed
-    out the moment it arrives."""
+    out the moment it arrives. A refresh that validation calls for is left to the
+    next run once `refresh_before` (time.monotonic) has passed."""
     assert token.claimed_until is not None
     result = _Result(token=token, lease=token.claimed_until)
     now = timezone.now()
@@ -530,7 +536,13 @@ async def _maintain_one(
             None,
             Attempt.SUCCEEDED,
         ):
-            await _validate(token, result, attempts=attempts, keep=keep)
+            await _validate(
+                token,
+                result,
+                attempts=attempts,
+                keep=keep,
+                refresh_before=refresh_before,
+            )
     except Exception:
         # One token's surprise must not cost the others their stored results.
         logger.exception("unexpected failure while maintaining token %s", token.pk)
@@ -591,6 +603,7 @@ async def _validate(
     *,
     attempts: int,
     keep: Callable[[_Result], None],
+    refresh_before: float | None = None,
 ) -> None:
     if result.validation is not None:
         return  # the refresh validated its new token already
@@ -606,6 +619,9 @@ async def _validate(
         if result.grant is not None:
             result.new_token_rejected = True
             result.error = "Twitch rejected the access token it just issued."
+        elif refresh_before is not None and time.monotonic() > refresh_before:
+            result.error = "Twitch says the access token is invalid; the next run "
+            result.error += "refreshes it."
         else:
             result.error = str(error)
             # An invalid access token is what refreshing is for.

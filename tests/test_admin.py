@@ -681,3 +681,28 @@ def test_a_database_that_refuses_writes_is_an_error_message_not_a_500(
     assert response.status_code == 200
     [(level, message)] = said(response)
     assert level == "error" and "database refused writes" in message
+
+
+def test_validate_leaves_refreshes_to_cron_once_its_budget_is_spent(
+    admin_client, make_user, sandbox, monkeypatch
+):
+    from accounts import admin as token_admin
+
+    monkeypatch.setattr(token_admin, "ACTION_START_BUDGET", 0.05)
+    tokens = [make_token(make_user(f"viewer{n}"), sandbox) for n in range(3)]
+    sandbox.expire_access_tokens()
+    sandbox.set_latency(0.1, endpoint="validate")  # answers after the budget
+
+    response = act(admin_client, "validate_tokens", tokens)
+
+    assert sandbox.count("validate") == 3
+    assert sandbox.count("token", grant_type="refresh_token") == 0
+    [(level, message)] = said(response)
+    assert level == "warning" and message.startswith("3 failed")
+    assert "next run refreshes it" in TwitchToken.objects.first().last_error
+    assert not TwitchToken.objects.filter(claimed_until__isnull=False).exists()
+
+
+def test_a_nul_byte_in_a_filter_is_a_400(admin_client, alice, sandbox):
+    make_token(alice, sandbox)
+    assert admin_client.get(f"{TOKENS}?login=%00").status_code == 400

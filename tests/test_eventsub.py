@@ -273,3 +273,50 @@ async def test_a_signed_body_that_is_not_json_is_a_400_not_a_500():
     )
 
     assert (await post(raw, headers)).status_code in (400, 403)
+
+
+async def test_a_late_redelivery_spares_a_connection_made_after_the_disconnect(
+    alice, sandbox
+):
+    token = await amake_token(alice, sandbox)  # Twitch still accepts its token
+    await TokenEvent.objects.acreate(
+        token=token, action="connect", outcome="succeeded", source="user"
+    )
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+
+    assert (await post(raw, headers)).status_code == 204
+
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+
+
+async def test_a_recent_connection_twitch_no_longer_accepts_is_revoked(alice, sandbox):
+    token = await amake_token(alice, sandbox)
+    await TokenEvent.objects.acreate(
+        token=token, action="connect", outcome="succeeded", source="user"
+    )
+    sandbox.disconnect_user("alice")
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+
+    assert (await post(raw, headers)).status_code == 204
+
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED
+
+
+async def test_a_failing_signal_receiver_neither_fails_the_webhook_nor_repeats(
+    alice, sandbox, caplog
+):
+    token = await amake_token(alice, sandbox)
+
+    async def broken(sender, token, **kwargs):
+        raise RuntimeError("a bug in a receiver")
+
+    signals.token_revoked.connect(broken)
+    try:
+        raw, headers = signed(revoke_notification(token.twitch_user_id))
+        response = await post(raw, headers)
+    finally:
+        signals.token_revoked.disconnect(broken)
+
+    assert response.status_code == 204
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED
+    assert any("receiver" in r.getMessage() for r in caplog.records)

@@ -159,3 +159,28 @@ def test_the_command_without_eventsub_configured_exits_2(settings):
     with pytest.raises(CommandError, match="EventSub is off") as failed:
         eventsub("status")
     assert failed.value.returncode == 2
+
+
+def test_a_moved_callback_replaces_the_old_subscription(
+    eventsub_site, sandbox, settings
+):
+    eventsub("subscribe")
+    [old] = sandbox.subscriptions()
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = f"{eventsub_site}/moved/eventsub/"
+
+    with pytest.raises(CommandError):  # nothing answers there: not verified
+        eventsub("subscribe")
+
+    assert old["id"] not in [s["id"] for s in sandbox.subscriptions()]
+    assert eventsub("unsubscribe").startswith("deleted 1 subscription")
+
+
+def test_replace_subscribes_again_after_a_new_secret(eventsub_site, sandbox):
+    eventsub("subscribe")
+    [old] = sandbox.subscriptions()
+
+    output = eventsub("subscribe", "--replace")
+
+    [new] = sandbox.subscriptions()
+    assert new["id"] != old["id"] and new["status"] == "enabled"
+    assert output.startswith(f"subscribed: {new['id']} enabled")

@@ -3,6 +3,7 @@ disconnects the app on Twitch (`user.authorization.revoke`).
 
     manage.py eventsub status       # every subscription of this application
     manage.py eventsub subscribe    # create ours, unless a live one exists
+    manage.py eventsub subscribe --replace  # after changing TWITCH_EVENTSUB_SECRET
     manage.py eventsub unsubscribe  # delete ours
 
 Twitch calls the webhook at TWITCH_EVENTSUB_CALLBACK_URL (HTTPS, port 443) to verify
@@ -37,6 +38,12 @@ class Command(BaseCommand):
             help="status: list subscriptions; subscribe: create ours unless a live "
             "one exists; unsubscribe: delete ours.",
         )
+        parser.add_argument(
+            "--replace",
+            action="store_true",
+            help="With subscribe: delete ours and subscribe again (after changing "
+            "TWITCH_EVENTSUB_SECRET; Twitch never says which secret it signs with).",
+        )
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         if not eventsub.enabled():
@@ -46,7 +53,12 @@ class Command(BaseCommand):
                 returncode=2,
             )
         try:
-            getattr(self, action)(verbosity=options["verbosity"])
+            if action == "subscribe":
+                self.subscribe(
+                    verbosity=options["verbosity"], replace=options["replace"]
+                )
+            else:
+                getattr(self, action)(verbosity=options["verbosity"])
         except eventsub.TwitchError as error:
             raise CommandError(f"Twitch failed: {error}", returncode=1) from None
 
@@ -60,8 +72,10 @@ class Command(BaseCommand):
             )
         self.stdout.write(f"{len(subscriptions)} subscription(s)")
 
-    def subscribe(self, *, verbosity: int) -> None:
-        subscription, created = eventsub.run(eventsub.subscribe)
+    def subscribe(self, *, verbosity: int, replace: bool) -> None:
+        subscription, created = eventsub.run(
+            lambda: eventsub.subscribe(replace=replace)
+        )
         deadline = time.monotonic() + VERIFICATION_WAIT
         while (
             subscription.get("status") == "webhook_callback_verification_pending"
