@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, InternalError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
@@ -20,7 +20,9 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponse | None:
-        if not isinstance(exception, OperationalError | InterfaceError):
+        # Locked, timed out, unreachable, read-only: the database's state, not a
+        # bug. (IntegrityError and DataError are bugs or bad input: left alone.)
+        if not isinstance(exception, OperationalError | InterfaceError | InternalError):
             return None
         logger.error("database error on %s: %s", request.path, type(exception).__name__)
         # Rendered without the request: its context processors (the user, the

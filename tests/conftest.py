@@ -317,3 +317,37 @@ async def adatabase_refuses_token_writes(**options: str) -> AsyncIterator[None]:
         yield
     finally:
         await sync_to_async(refusing.__exit__)(None, None, None)
+
+
+@contextlib.contextmanager
+def database_write_lock() -> Iterator[None]:
+    """Another connection holds the write lock, as a long transaction would."""
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(database_url()) as holder:
+            holder.execute(
+                "LOCK TABLE accounts_twitchtoken IN SHARE ROW EXCLUSIVE MODE"
+            )
+            yield
+            holder.rollback()
+
+
+def impatient_database() -> None:
+    """This thread's connection gives up on a lock after half a second (a database
+    that does not answer in time), instead of 20 s (SQLite) or 30 s (PostgreSQL)."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("PRAGMA busy_timeout = 500")
+        else:
+            cursor.execute("SET statement_timeout = 500")

@@ -16,7 +16,7 @@ import time_machine
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import DatabaseError, connection, connections
+from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from accounts import refreshing, services, signals, twitch
@@ -24,7 +24,7 @@ from accounts.models import TokenEvent, TwitchToken
 from tests.conftest import (
     BASE_DIR,
     database_refuses_token_writes,
-    database_url,
+    database_write_lock,
     make_token,
     process_env,
 )
@@ -556,30 +556,6 @@ def test_rotated_tokens_survive_kill_9_while_the_database_refuses_writes(
     ]
     assert len(presented) == len(set(presented)) == 10
     assert TokenEvent.objects.filter(detail__contains="spool").count() == 10
-
-
-@contextlib.contextmanager
-def database_write_lock():
-    """Another connection holds the write lock, as a long transaction would."""
-    if connection.vendor == "sqlite":
-        import sqlite3
-
-        holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(database_url()) as holder:
-            holder.execute(
-                "LOCK TABLE accounts_twitchtoken IN SHARE ROW EXCLUSIVE MODE"
-            )
-            yield
-            holder.rollback()
 
 
 def _wait_for(condition, timeout: float = 20) -> None:

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import time_machine
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 from django.utils import timezone
@@ -818,8 +819,11 @@ async def test_a_refresh_stored_while_disconnecting_is_revoked_too(
 async def test_a_database_error_on_a_page_is_a_503_with_a_sentence(
     alice_client, sandbox
 ):
+    from tests.conftest import database_write_lock, impatient_database
+
     await connect_twitch(alice_client, login="alicestreams")
-    async with adatabase_refuses_token_writes():
+    await sync_to_async(impatient_database)()
+    with database_write_lock():  # a long transaction elsewhere holds the table
         response = await alice_client.post("/twitch/disconnect/")
 
     assert response.status_code == 503
