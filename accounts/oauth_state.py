@@ -22,6 +22,9 @@ STATE_SESSION_KEY = "twitch_oauth_states"
 STATE_LIFETIME = 600  # seconds
 # Several tabs may be mid-flow at once; the oldest pending state is dropped first.
 MAX_PENDING_STATES = 5
+# Spent states older than their lifetime are deleted by about one callback in this
+# many.
+PRUNE_EVERY = 20
 
 
 class InvalidState(Exception):
@@ -61,17 +64,35 @@ async def take_state(*, session: SessionBase, state: str) -> str:
     }
     if match is not None:
         fresh.pop(match, None)
+    usable = (
+        match is not None
+        and bool(state)
+        and now - pending[match]["created"] < STATE_LIFETIME
+    )
     if fresh != pending:
         await session.aset(STATE_SESSION_KEY, fresh)
-        await session.asave()
+    # The session save and the spend in one trip to the database: a transaction,
+    # so on Django's sync thread.
+    spent = await sync_to_async(_save_and_spend)(
+        session, state=match if usable else None, save=fresh != pending
+    )
     if match is None or not state:
         raise InvalidState("unknown")
-    if now - pending[match]["created"] >= STATE_LIFETIME:
+    if not usable:
         raise InvalidState("expired")
-    # An INSERT that must fail atomically on a replay: a transaction, so sync.
-    if not await sync_to_async(_spend_state)(match):
+    if not spent:
         raise InvalidState("replayed")
     return str(pending[match]["next"])
+
+
+def _save_and_spend(session: SessionBase, *, state: str | None, save: bool) -> bool:
+    """Save the session (the state gone from it) and record `state` as used; False
+    if a concurrent request already used it."""
+    if save:
+        session.save()
+        # Saved: the session middleware need not write it again at the end.
+        session.modified = False
+    return state is not None and _spend_state(state)
 
 
 def _spend_state(state: str) -> bool:
@@ -79,9 +100,11 @@ def _spend_state(state: str) -> bool:
     digest = hashlib.sha256(state.encode()).hexdigest()
     try:
         with transaction.atomic():
-            SpentOAuthState.objects.filter(
-                spent_at__lt=timezone.now() - timedelta(seconds=STATE_LIFETIME)
-            ).delete()
+            # Pruning now and then is enough: an old row only takes space.
+            if secrets.randbelow(PRUNE_EVERY) == 0:
+                SpentOAuthState.objects.filter(
+                    spent_at__lt=timezone.now() - timedelta(seconds=STATE_LIFETIME)
+                ).delete()
             SpentOAuthState.objects.create(digest=digest)
     except IntegrityError:
         return False

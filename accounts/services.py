@@ -10,9 +10,11 @@ nothing else does. Business rules live here and nowhere else. Site code imports
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -83,10 +85,12 @@ async def scopes_to_request(*, user: AbstractBaseUser, asked: str) -> list[str]:
     requested = asked.split()
     if refused := [s for s in requested if s not in settings.TWITCH_OPTIONAL_SCOPES]:
         raise ScopesNotOffered(refused)
-    token = await TwitchToken.objects.filter(user=user).afirst()
     held = []
-    if token is not None and token.status != TwitchToken.Status.REVOKED:
-        held = [s for s in token.scopes or [] if s in settings.TWITCH_OPTIONAL_SCOPES]
+    if settings.TWITCH_OPTIONAL_SCOPES:  # else nothing to keep, and no query
+        token = await TwitchToken.objects.filter(user=user).afirst()
+        if token is not None and token.status != TwitchToken.Status.REVOKED:
+            optional = settings.TWITCH_OPTIONAL_SCOPES
+            held = [s for s in token.scopes or [] if s in optional]
     return list(dict.fromkeys([*settings.TWITCH_SCOPES, *held, *requested]))
 
 
@@ -120,10 +124,28 @@ async def connect(*, user: AbstractBaseUser, code: str) -> TwitchToken:
         await twitch.revoke_quietly(grant.access_token)
         raise
     if replaced:
-        # The connection this one replaces is over: end it at Twitch too.
-        await twitch.revoke_quietly(replaced)
+        # The connection this one replaces is over: end it at Twitch too, after the
+        # answer (the user need not wait for it; if the process stops first, that
+        # access token simply expires within hours).
+        _in_background(twitch.revoke_quietly(replaced))
     await signals.token_connected.asend(sender=TwitchToken, token=token)
     return token
+
+
+# Strong references: the event loop keeps only weak ones to its tasks.
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, Any]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+async def finish_background_work() -> None:
+    """Wait for work started in the background (tests; a graceful shutdown)."""
+    while _background:
+        await asyncio.gather(*_background, return_exceptions=True)
 
 
 def _store_connection(
@@ -150,7 +172,17 @@ def _store_connection(
                 raise AlreadyLinked(info.login)
             previous = TwitchToken.objects.select_for_update().filter(user=user).first()
             # Reconnecting updates the user's one row in place.
-            token, _ = TwitchToken.objects.update_or_create(user=user, defaults=fields)
+            if previous is None:
+                token = TwitchToken.objects.create(user=user, **fields)
+            else:
+                TwitchToken.objects.filter(pk=previous.pk).update(
+                    **fields, updated_at=now
+                )
+                # The row as it now is, without reading it again; `previous`
+                # itself stays as it was, for the record below.
+                token = copy.copy(previous)
+                for name, value in {**fields, "updated_at": now}.items():
+                    setattr(token, name, value)
             if previous is None or previous.status == TwitchToken.Status.REVOKED:
                 detail = f"Connected as {info.login}"
             else:

@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 from django.utils import timezone
 
+from accounts import services
 from accounts.models import TokenEvent, TwitchToken
 from tests.conftest import (
     adatabase_refuses_token_writes,
@@ -738,6 +739,7 @@ async def test_reconnecting_revokes_the_replaced_grant_and_says_so(
     before = await TwitchToken.objects.aget()
 
     await connect_twitch(alice_client, login=second_login)
+    await services.finish_background_work()  # the revoke runs after the answer
 
     after = await TwitchToken.objects.aget()
     assert after.login == second_login

@@ -44,20 +44,24 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
+    # Django's and django-csp's own, with their I/O-free hooks run on the event
+    # loop (accounts/middleware.py says why); same order, same behaviour.
+    "accounts.middleware.SecurityMiddleware",
     # Early, so that every response (error pages included) carries the policy.
-    "csp.middleware.CSPMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "accounts.middleware.CSPMiddleware",
+    "accounts.middleware.SessionMiddleware",
+    "accounts.middleware.CommonMiddleware",
+    "accounts.middleware.CsrfViewMiddleware",
+    "accounts.middleware.AuthenticationMiddleware",
+    "accounts.middleware.MessageMiddleware",
+    "accounts.middleware.XFrameOptionsMiddleware",
     # A database that refuses or does not answer is a 503 page, not a 500.
     "accounts.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it turns a lockout into our 429 page.
     "axes.middleware.AxesMiddleware",
 ]
+# Messages ("Connected as ...") travel in a signed cookie: no session write for them.
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 
 # Sign-in throttling (django-axes), for /accounts/login/ and /admin/login/ alike:
 # after 5 failed attempts for one username from one client address, further
@@ -126,6 +130,14 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "connect_timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=4),
             "options": "-c statement_timeout="
             f"{env.int('DATABASE_STATEMENT_TIMEOUT', default=30) * 1000}",
+            # Under ASGI every request runs on a thread of its own, so Django's
+            # persistent connections cannot help: without a pool each request
+            # would open (and PostgreSQL fork) a connection of its own.
+            "pool": {
+                "min_size": env.int("DATABASE_POOL_MIN", default=2),
+                "max_size": env.int("DATABASE_POOL_MAX", default=10),
+                "timeout": env.int("DATABASE_CONNECT_TIMEOUT", default=4),
+            },
         }
     )
 

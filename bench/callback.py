@@ -1,0 +1,332 @@
+"""The Connect flow under a crowd: how close the OAuth callback comes to its floor.
+
+Each flow is what a person does: POST /twitch/connect/, approve on Twitch's consent
+page, GET /twitch/callback/ (timed). The callback makes two round trips to Twitch
+(code exchange, validation), so with L seconds of latency upstream it cannot answer
+faster than 2 L: the floor. The site runs as deployed (uvicorn, W workers, DEBUG
+off) on SQLite or PostgreSQL; K signed-in users go through the flow again and again
+for a while, and the site's CPU per flow is read from /proc of its worker processes.
+
+    python bench/callback.py                          # K 1, 16, 64; L 0, 100 ms; W 2
+    python bench/callback.py -k 16 --latency 0.1 --seconds 20
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench python bench/callback.py
+    python bench/callback.py --smoke                  # CI: K 4, a few flows, no errors
+
+Everything (sandbox, site, load driver) shares one machine; the sandbox and the
+driver are asyncio processes that cost little, but they are not free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "xpJvb1cyhZc6xXcf2XbZDfuBb8d8Fh1mqqxYDXwzDWw="
+PASSWORD = "bench-password"
+CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    callback_seconds: list[float] = field(default_factory=list)
+    errors: int = 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-k", type=int, action="append", help="users (repeatable)")
+    parser.add_argument(
+        "--latency", type=float, action="append", help="seconds upstream (repeatable)"
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15.0, help="per setting")
+    parser.add_argument(
+        "--smoke", action="store_true", help="K 4, three flows each; fail on errors"
+    )
+    args = parser.parse_args()
+    users = args.k or ([4] if args.smoke else [1, 16, 64])
+    latencies = args.latency or ([0.01] if args.smoke else [0.0, 0.1])
+
+    with tempfile.TemporaryDirectory() as scratch:
+        sandbox_port, site_port = _free_port(), _free_port()
+        site = f"http://localhost:{site_port}"
+        sandbox_base = f"http://127.0.0.1:{sandbox_port}/"
+        env = _environment(sandbox_base, site, Path(scratch))
+        _prepare_database(env, max(users))
+        sandbox = _start(
+            [sys.executable, "-m", "twitch_sandbox", "--port", str(sandbox_port)]
+            + ["--redirect-uri", f"{site}/twitch/callback/"],
+            env,
+        )
+        server = _start(
+            [sys.executable, "-m", "uvicorn", "twitchauth_site.asgi:application"]
+            + ["--port", str(site_port), "--workers", str(args.workers)]
+            + ["--log-level", "warning", "--no-access-log"],
+            env,
+        )
+        try:
+            _wait_until_listening(sandbox_port)
+            _wait_until_listening(site_port)
+            database = "PostgreSQL" if "postgres" in env["DATABASE_URL"] else "SQLite"
+            print(
+                f"{'K':>3} {'L ms':>5} {'W':>2} {'database':>10} {'flows':>6} "
+                f"{'flows/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+                f"{'p99/floor':>9} {'errors':>6} {'CPU ms/flow':>11}"
+            )
+            failed = False
+            for k in users:
+                for latency in latencies:
+                    row = asyncio.run(
+                        _measure(
+                            site=site,
+                            sandbox=sandbox_base,
+                            server=server,
+                            users=k,
+                            latency=latency,
+                            seconds=args.seconds,
+                            flows_each=3 if args.smoke else None,
+                        )
+                    )
+                    flows, wall, result, cpu = row
+                    failed = failed or bool(result.errors) or not flows
+                    _print_row(
+                        k, latency, args.workers, database, flows, wall, result, cpu
+                    )
+        finally:
+            for process in (server, sandbox):
+                process.terminate()
+                process.wait(timeout=30)
+    if args.smoke and failed:
+        sys.exit("the smoke run had errors")
+
+
+async def _measure(
+    *,
+    site: str,
+    sandbox: str,
+    server: subprocess.Popen,
+    users: int,
+    latency: float,
+    seconds: float,
+    flows_each: int | None,
+) -> tuple[int, float, Result, float]:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as sandbox_session:
+        browsers = [await _signed_in(site, f"bench{n}") for n in range(users)]
+        try:
+            await _control(sandbox, "latency", {"seconds": latency})
+            # One flow each first: connections open, first-use costs paid.
+            warmup = Result()
+            await asyncio.gather(
+                *(_flow(b, sandbox_session, n, warmup) for n, b in enumerate(browsers))
+            )
+            result = Result()
+            cpu_before = _cpu_seconds(server.pid)
+            started = time.perf_counter()
+            deadline = started + seconds
+
+            async def person(n: int, browser: Browser) -> None:
+                done = 0
+                while (
+                    done < flows_each if flows_each else time.perf_counter() < deadline
+                ):
+                    await _flow(browser, sandbox_session, n, result)
+                    done += 1
+
+            await asyncio.gather(*(person(n, b) for n, b in enumerate(browsers)))
+            wall = time.perf_counter() - started
+            cpu = _cpu_seconds(server.pid) - cpu_before
+        finally:
+            for browser in browsers:
+                await browser.session.close()
+            await _control(sandbox, "latency", {"seconds": 0})
+    flows = len(result.callback_seconds) + result.errors
+    return flows, wall, result, cpu
+
+
+@dataclass
+class Browser:
+    session: aiohttp.ClientSession
+    site: str
+    login: str
+    csrf: str
+
+
+async def _signed_in(site: str, username: str) -> Browser:
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4))
+    async with session.get(f"{site}/accounts/login/") as page:
+        csrf = CSRF.search(await page.text()).group(1)
+    async with session.post(
+        f"{site}/accounts/login/",
+        data={"csrfmiddlewaretoken": csrf, "username": username, "password": PASSWORD},
+        allow_redirects=False,
+    ) as answer:
+        assert answer.status == 302, f"{username} could not sign in"
+    async with session.get(f"{site}/") as home:
+        csrf = CSRF.search(await home.text()).group(1)
+    return Browser(session=session, site=site, login=username, csrf=csrf)
+
+
+async def _flow(
+    browser: Browser, sandbox: aiohttp.ClientSession, n: int, result: Result
+) -> None:
+    try:
+        async with browser.session.post(
+            f"{browser.site}/twitch/connect/",
+            data={"csrfmiddlewaretoken": browser.csrf},
+            allow_redirects=False,
+        ) as answer:
+            authorize = answer.headers["Location"]
+        # Approving on the consent page: its form posts these fields back.
+        params = dict(parse_qsl(urlsplit(authorize).query))
+        async with sandbox.post(
+            authorize.split("?")[0],
+            data={**params, "login": f"streamer{n}", "action": "authorize"},
+            allow_redirects=False,
+        ) as approved:
+            back = approved.headers["Location"]
+        started = time.perf_counter()
+        async with browser.session.get(back, allow_redirects=False) as landed:
+            await landed.read()
+            elapsed = time.perf_counter() - started
+            if landed.status != 302:
+                result.errors += 1
+                return
+        result.callback_seconds.append(elapsed)
+    except (TimeoutError, aiohttp.ClientError, KeyError):
+        result.errors += 1
+
+
+def _print_row(
+    k: int,
+    latency: float,
+    workers: int,
+    database: str,
+    flows: int,
+    wall: float,
+    result: Result,
+    cpu: float,
+) -> None:
+    times = sorted(result.callback_seconds) or [0.0]
+    quantiles = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
+    p50, p95, p99 = quantiles[49], quantiles[94], quantiles[98]
+    floor = 2 * latency
+    ratio = f"{p99 / floor:>9.2f}" if floor else f"{'-':>9}"
+    print(
+        f"{k:>3} {latency * 1000:>5.0f} {workers:>2} {database:>10} {flows:>6} "
+        f"{flows / wall:>7.1f} {p50 * 1000:>7.0f} {p95 * 1000:>7.0f} "
+        f"{p99 * 1000:>7.0f} {ratio} {result.errors:>6} "
+        f"{cpu * 1000 / max(flows, 1):>11.1f}",
+        flush=True,
+    )
+
+
+def _cpu_seconds(master: int) -> float:
+    """User and system CPU of uvicorn's master and its worker processes."""
+    total = 0.0
+    for pid in [master, *_children(master)]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(c) for c in path.read_text().split()]
+    return children
+
+
+def _environment(sandbox: str, site: str, scratch: Path) -> dict[str, str]:
+    return dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="twitchauth_site.settings",
+        SECRET_KEY="bench",
+        DEBUG="False",
+        SECURE_SSL_REDIRECT="False",
+        SESSION_COOKIE_SECURE="False",
+        CSRF_COOKIE_SECURE="False",
+        ALLOWED_HOSTS="localhost",
+        TOKEN_ENCRYPTION_KEYS=KEY,
+        TOKEN_SPOOL_DIR=str(scratch / "spool"),
+        DATABASE_URL=os.environ.get(
+            "DATABASE_URL", f"sqlite:///{scratch / 'bench.sqlite3'}"
+        ),
+        TWITCH_CLIENT_ID="sandbox-client-id",
+        TWITCH_CLIENT_SECRET="sandbox-client-secret",
+        TWITCH_REDIRECT_URI=f"{site}/twitch/callback/",
+        TWITCH_AUTH_BASE_URL=sandbox + "oauth2/",
+        TWITCH_API_BASE_URL=sandbox + "helix/",
+        LOG_LEVEL="WARNING",
+    )
+
+
+def _prepare_database(env: dict[str, str], users: int) -> None:
+    """Migrate, and K users with a known password (their connections start empty)."""
+    script = f"""
+from django.contrib.auth.hashers import make_password
+from django.contrib.auth.models import User
+from accounts.models import TwitchToken
+from axes.models import AccessAttempt
+TwitchToken.objects.all().delete()
+AccessAttempt.objects.all().delete()
+User.objects.filter(username__startswith="bench").delete()
+password = make_password({PASSWORD!r})
+User.objects.bulk_create(
+    [User(username=f"bench{{n}}", password=password) for n in range({users})]
+)
+"""
+    for command in (["migrate", "--verbosity", "0"], ["shell", "-c", script]):
+        subprocess.run(
+            [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True
+        )
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+async def _control(base: str, path: str, body: dict) -> dict:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{base}_sandbox/{path}", json=body) as answer,
+    ):
+        return await answer.json()
+
+
+def _wait_until_listening(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()
