@@ -196,20 +196,7 @@ def _notification(body: dict[str, Any], *, keep: set[int]) -> list[TwitchToken]:
         .exclude(pk__in=keep)
     )
     for token in tokens.exclude(status=TwitchToken.Status.REVOKED):
-        token.wipe_secrets()
-        token.status = TwitchToken.Status.REVOKED
-        token.claimed_until = None
-        token.last_error = "The user disconnected this site on Twitch."
-        token.save(
-            update_fields=[
-                "access_token",
-                "refresh_token",
-                "status",
-                "claimed_until",
-                "last_error",
-                "updated_at",
-            ]
-        )
+        token.mark_revoked(last_error="The user disconnected this site on Twitch.")
         TokenEvent.objects.create(
             token=token,
             action=TokenEvent.Action.REVOKE,

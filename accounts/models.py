@@ -138,6 +138,23 @@ class TwitchToken(models.Model):
         self.access_token = ""
         self.refresh_token = ""
 
+    def mark_revoked(self, *, last_error: str = "") -> None:
+        """Forget the secrets, end any lease, and save: the row stays for the record."""
+        self.wipe_secrets()
+        self.status = self.Status.REVOKED
+        self.claimed_until = None
+        self.last_error = last_error
+        self.save(
+            update_fields=[
+                "access_token",
+                "refresh_token",
+                "status",
+                "claimed_until",
+                "last_error",
+                "updated_at",
+            ]
+        )
+
 
 class TokenEvent(models.Model):
     """The audit trail: one row per thing done to a token, by whom, and how it went."""

@@ -324,20 +324,7 @@ def _wipe(
         stored_meanwhile = ""
         if current is not None and current.access_token != token.access_token:
             stored_meanwhile = current.access_token
-        token.wipe_secrets()
-        token.status = TwitchToken.Status.REVOKED
-        token.claimed_until = None
-        token.last_error = last_error
-        token.save(
-            update_fields=[
-                "access_token",
-                "refresh_token",
-                "status",
-                "claimed_until",
-                "last_error",
-                "updated_at",
-            ]
-        )
+        token.mark_revoked(last_error=last_error)
         TokenEvent.objects.create(
             token=token,
             action=TokenEvent.Action.REVOKE,

@@ -413,14 +413,7 @@ async def user_client(
     The caller has validated the token; twitchAPI's own validation is skipped (it
     would use a session without our timeout, and refresh behind the site's back).
     """
-    client = await UserClient(
-        settings.TWITCH_CLIENT_ID,
-        settings.TWITCH_CLIENT_SECRET,
-        authenticate_app=False,
-        base_url=settings.TWITCH_API_BASE_URL,
-        auth_base_url=settings.TWITCH_AUTH_BASE_URL,
-        session_timeout=TIMEOUT,
-    )
+    client = await _site_client(UserClient)
     client.renew = renew
     # Scopes twitchAPI does not know (openid, newer ones) cannot be named to it.
     known = [AuthScope(scope) for scope in scopes if scope in KNOWN_SCOPES]
@@ -430,10 +423,12 @@ async def user_client(
     return client
 
 
-@sensitive_variables()
-async def app_client(*, access_token: str, renew: RenewApp) -> AppClient:
-    """A twitchAPI client authenticated with the app access token."""
-    client = await AppClient(
+ClientT = TypeVar("ClientT", bound=_SiteClient)
+
+
+async def _site_client(cls: type[ClientT]) -> ClientT:
+    """A twitchAPI client with our URLs and timeout, and no token yet."""
+    return await cls(
         settings.TWITCH_CLIENT_ID,
         settings.TWITCH_CLIENT_SECRET,
         authenticate_app=False,
@@ -441,6 +436,12 @@ async def app_client(*, access_token: str, renew: RenewApp) -> AppClient:
         auth_base_url=settings.TWITCH_AUTH_BASE_URL,
         session_timeout=TIMEOUT,
     )
+
+
+@sensitive_variables()
+async def app_client(*, access_token: str, renew: RenewApp) -> AppClient:
+    """A twitchAPI client authenticated with the app access token."""
+    client = await _site_client(AppClient)
     client.renew_app = renew
     await client.set_app_authentication(access_token, [])
     return client
