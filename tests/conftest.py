@@ -218,8 +218,14 @@ def database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
+class Site(str):
+    """The served site's base URL, and the pid of its uvicorn master."""
+
+    pid: int
+
+
 @pytest.fixture
-def site(sandbox: Sandbox) -> Iterator[str]:
+def site(sandbox: Sandbox) -> Iterator[Site]:
     """The site served by uvicorn with two workers, on the test database."""
     port = free_port()
     base = f"http://localhost:{port}"
@@ -249,7 +255,9 @@ def site(sandbox: Sandbox) -> Iterator[str]:
     )
     try:
         _wait_until_listening(port, server)
-        yield base
+        served = Site(base)
+        served.pid = server.pid
+        yield served
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -8,6 +8,7 @@ real concurrent writers from two processes.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from urllib.parse import urlsplit
 
@@ -178,3 +179,53 @@ def test_the_site_refuses_to_start_without_usable_encryption_keys(sandbox, keys)
     assert server.returncode != 0
     assert "TOKEN_ENCRYPTION_KEYS" in server.stderr
     assert ("accounts.E006" if not keys else "accounts.E005") in server.stderr
+
+
+async def test_a_graceful_shutdown_finishes_a_callback_in_flight(
+    site, sandbox, django_user_model
+):
+    import signal
+
+    from tests.conftest import approve_on_twitch
+
+    await django_user_model.objects.acreate_user("hana", password="pw")
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(f"{site}/accounts/login/") as page:
+            csrf = CSRF.search(await page.text()).group(1)
+        await browser.post(
+            f"{site}/accounts/login/",
+            data={"csrfmiddlewaretoken": csrf, "username": "hana", "password": "pw"},
+        )
+        async with browser.get(f"{site}/") as home:
+            csrf = CSRF.search(await home.text()).group(1)
+        async with browser.post(
+            f"{site}/twitch/connect/",
+            data={"csrfmiddlewaretoken": csrf},
+            allow_redirects=False,
+        ) as answer:
+            authorize_url = answer.headers["Location"]
+        back = await approve_on_twitch(authorize_url, login="hanastreams")
+        sandbox.set_latency(1.0, endpoint="token")  # the callback waits on Twitch
+
+        landing = asyncio.create_task(browser.get(back, allow_redirects=False))
+        await asyncio.sleep(0.4)  # the callback is now waiting on Twitch
+        os.kill(site.pid, signal.SIGTERM)  # a deploy stops the server
+        response = await landing
+
+    assert response.status == 302
+    assert await TwitchToken.objects.filter(login="hanastreams").aexists()
+    # And the server did stop: the request was finished, not abandoned to a
+    # process that lived on.
+    for _ in range(100):
+        if _has_exited(site.pid):
+            break
+        await asyncio.sleep(0.1)
+    assert _has_exited(site.pid)
+
+
+def _has_exited(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return True
