@@ -817,6 +817,8 @@ async def areplay_spool(
     replaced. A pair whose connection has moved on (revoked, reconnected) is
     revoked at Twitch instead.
     """
+    if not spool.has_files():
+        return 0  # the usual case: no trip to the sync thread on every call
     # File locks and one transaction per pair: sync code, on Django's sync thread.
     stored, orphans = await sync_to_async(_replay_abandoned)(source=source, actor=actor)
     for access_token in orphans:

@@ -62,6 +62,14 @@ def directory() -> Path:
     return Path(settings.TOKEN_SPOOL_DIR)
 
 
+def has_files() -> bool:
+    """Whether any run's file is there at all (living or not): one directory read."""
+    try:
+        return any(directory().glob(f"*{SUFFIX}"))
+    except OSError:
+        return False
+
+
 class Spool:
     """This run's file; created, and locked, when the first pair is added."""
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
+from refresh import _free_port  # bench/ is on sys.path when run as a script
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "xpJvb1cyhZc6xXcf2XbZDfuBb8d8Fh1mqqxYDXwzDWw="
@@ -320,12 +321,6 @@ def _wait_until_listening(port: int) -> None:
                 return
         time.sleep(0.05)
     raise SystemExit(f"nothing listens on port {port}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -359,3 +359,13 @@ def impatient_database() -> None:
             cursor.execute("PRAGMA busy_timeout = 500")
         else:
             cursor.execute("SET statement_timeout = 500")
+
+
+@contextlib.contextmanager
+def listening(signal, receiver) -> Iterator[None]:
+    """`receiver` connected to `signal` for the block."""
+    signal.connect(receiver)
+    try:
+        yield
+    finally:
+        signal.disconnect(receiver)

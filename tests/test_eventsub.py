@@ -15,7 +15,7 @@ from django.test import AsyncClient
 
 from accounts import signals
 from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
-from tests.conftest import CLIENT_ID, make_token, page
+from tests.conftest import CLIENT_ID, listening, make_token, page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -167,12 +167,9 @@ async def test_a_disconnect_on_twitch_revokes_the_connection_at_once(
     async def on_revoked(sender, token, **kwargs):
         heard.append(token.pk)
 
-    signals.token_revoked.connect(on_revoked)
-    try:
-        raw, headers = signed(revoke_notification(token.twitch_user_id))
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+    with listening(signals.token_revoked, on_revoked):
         response = await post(raw, headers)
-    finally:
-        signals.token_revoked.disconnect(on_revoked)
 
     assert response.status_code == 204
     stored = await TwitchToken.objects.aget(pk=token.pk)
@@ -310,12 +307,9 @@ async def test_a_failing_signal_receiver_neither_fails_the_webhook_nor_repeats(
     async def broken(sender, token, **kwargs):
         raise RuntimeError("a bug in a receiver")
 
-    signals.token_revoked.connect(broken)
-    try:
-        raw, headers = signed(revoke_notification(token.twitch_user_id))
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+    with listening(signals.token_revoked, broken):
         response = await post(raw, headers)
-    finally:
-        signals.token_revoked.disconnect(broken)
 
     assert response.status_code == 204
     assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED

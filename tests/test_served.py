@@ -23,27 +23,35 @@ pytestmark = pytest.mark.django_db(transaction=True)
 CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
+async def approved_on_twitch(
+    browser: aiohttp.ClientSession, base: str, username: str, login: str
+) -> str:
+    """Sign in, press Connect Twitch, approve on Twitch: the callback URL to visit."""
+    async with browser.get(f"{base}/accounts/login/") as page:
+        csrf = CSRF.search(await page.text()).group(1)
+    async with browser.post(
+        f"{base}/accounts/login/",
+        data={"csrfmiddlewaretoken": csrf, "username": username, "password": "pw"},
+        allow_redirects=False,
+    ) as answer:
+        assert answer.status == 302, f"login failed for {username}"
+    async with browser.get(f"{base}/") as home:
+        csrf = CSRF.search(await home.text()).group(1)
+    async with browser.post(
+        f"{base}/twitch/connect/",
+        data={"csrfmiddlewaretoken": csrf},
+        allow_redirects=False,
+    ) as answer:
+        authorize_url = answer.headers["Location"]
+    back = await approve_on_twitch(authorize_url, login=login)
+    assert urlsplit(back).netloc == urlsplit(base).netloc
+    return back
+
+
 async def sign_in_and_connect(base: str, username: str, login: str) -> str:
     """What a person does in a browser; returns the home page they end on."""
     async with aiohttp.ClientSession() as browser:
-        async with browser.get(f"{base}/accounts/login/") as page:
-            csrf = CSRF.search(await page.text()).group(1)
-        async with browser.post(
-            f"{base}/accounts/login/",
-            data={"csrfmiddlewaretoken": csrf, "username": username, "password": "pw"},
-            allow_redirects=False,
-        ) as answer:
-            assert answer.status == 302, f"login failed for {username}"
-        async with browser.get(f"{base}/") as home:
-            csrf = CSRF.search(await home.text()).group(1)
-        async with browser.post(
-            f"{base}/twitch/connect/",
-            data={"csrfmiddlewaretoken": csrf},
-            allow_redirects=False,
-        ) as answer:
-            authorize_url = answer.headers["Location"]
-        back = await approve_on_twitch(authorize_url, login=login)
-        assert urlsplit(back).netloc == urlsplit(base).netloc
+        back = await approved_on_twitch(browser, base, username, login)
         async with browser.get(back) as home:
             assert home.status == 200, await home.text()
             return await home.text()
@@ -186,25 +194,9 @@ async def test_a_graceful_shutdown_finishes_a_callback_in_flight(
 ):
     import signal
 
-    from tests.conftest import approve_on_twitch
-
     await django_user_model.objects.acreate_user("hana", password="pw")
     async with aiohttp.ClientSession() as browser:
-        async with browser.get(f"{site}/accounts/login/") as page:
-            csrf = CSRF.search(await page.text()).group(1)
-        await browser.post(
-            f"{site}/accounts/login/",
-            data={"csrfmiddlewaretoken": csrf, "username": "hana", "password": "pw"},
-        )
-        async with browser.get(f"{site}/") as home:
-            csrf = CSRF.search(await home.text()).group(1)
-        async with browser.post(
-            f"{site}/twitch/connect/",
-            data={"csrfmiddlewaretoken": csrf},
-            allow_redirects=False,
-        ) as answer:
-            authorize_url = answer.headers["Location"]
-        back = await approve_on_twitch(authorize_url, login="hanastreams")
+        back = await approved_on_twitch(browser, site, "hana", "hanastreams")
         sandbox.set_latency(1.0, endpoint="token")  # the callback waits on Twitch
 
         landing = asyncio.create_task(browser.get(back, allow_redirects=False))

@@ -17,7 +17,13 @@ from twitchAPI.type import UnauthorizedException
 from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.services import NoUsableToken, twitch_for
-from tests.conftest import BASE_DIR, connect_twitch, make_token, process_env
+from tests.conftest import (
+    BASE_DIR,
+    connect_twitch,
+    listening,
+    make_token,
+    process_env,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,13 +49,10 @@ async def test_twitch_for_persists_a_refresh_that_happens_mid_use(alice, sandbox
     async def on_refresh(sender, token, **kwargs):
         heard.append(token.pk)
 
-    signals.token_refreshed.connect(on_refresh)
-    try:
+    with listening(signals.token_refreshed, on_refresh):
         async with twitch_for(alice) as client:
             sandbox.expire_access_tokens("alice")
             me = await first(client.get_users())
-    finally:
-        signals.token_refreshed.disconnect(on_refresh)
 
     assert me.login == "alice"
     stored = await TwitchToken.objects.aget(pk=token.pk)
@@ -100,13 +103,12 @@ async def test_a_dead_grant_is_refused_and_marked_needs_reconnect_at_once(
     async def on_needs_reconnect(sender, token, **kwargs):
         heard.append(token.pk)
 
-    signals.token_needs_reconnect.connect(on_needs_reconnect)
-    try:
-        with pytest.raises(NoUsableToken):
-            async with twitch_for(alice):
-                pass
-    finally:
-        signals.token_needs_reconnect.disconnect(on_needs_reconnect)
+    with (
+        listening(signals.token_needs_reconnect, on_needs_reconnect),
+        pytest.raises(NoUsableToken),
+    ):
+        async with twitch_for(alice):
+            pass
 
     stored = await TwitchToken.objects.aget(pk=token.pk)
     assert stored.status == TwitchToken.Status.NEEDS_RECONNECT
