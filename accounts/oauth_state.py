@@ -11,7 +11,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.base import SessionBase
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
@@ -71,8 +71,8 @@ async def take_state(*, session: SessionBase, state: str) -> str:
     )
     if fresh != pending:
         await session.aset(STATE_SESSION_KEY, fresh)
-    # The session save and the spend in one trip to the database: a transaction,
-    # so on Django's sync thread.
+    # The session save and the spend: database work, so on Django's sync thread,
+    # in one trip.
     spent = await sync_to_async(_save_and_spend)(
         session, state=match if usable else None, save=fresh != pending
     )
@@ -92,20 +92,25 @@ def _save_and_spend(session: SessionBase, *, state: str | None, save: bool) -> b
         session.save()
         # Saved: the session middleware need not write it again at the end.
         session.modified = False
-    return state is not None and _spend_state(state)
+    spent = state is not None and _spend_state(state)
+    # The callback now waits on Twitch twice: a pooled connection serves other
+    # requests meanwhile instead of idling with this one.
+    if getattr(connection, "pool", None) and not connection.in_atomic_block:
+        connection.close()
+    return spent
 
 
 def _spend_state(state: str) -> bool:
     """Record the state as used; False if a concurrent request already did."""
     digest = hashlib.sha256(state.encode()).hexdigest()
+    # Pruning now and then is enough: an old row only takes space.
+    if secrets.randbelow(PRUNE_EVERY) == 0:
+        SpentOAuthState.objects.filter(
+            spent_at__lt=timezone.now() - timedelta(seconds=STATE_LIFETIME)
+        ).delete()
     try:
-        with transaction.atomic():
-            # Pruning now and then is enough: an old row only takes space.
-            if secrets.randbelow(PRUNE_EVERY) == 0:
-                SpentOAuthState.objects.filter(
-                    spent_at__lt=timezone.now() - timedelta(seconds=STATE_LIFETIME)
-                ).delete()
-            SpentOAuthState.objects.create(digest=digest)
+        # One INSERT, committed at once; the primary key lets it succeed only once.
+        SpentOAuthState.objects.create(digest=digest)
     except IntegrityError:
         return False
     return True

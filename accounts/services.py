@@ -167,9 +167,9 @@ def _store_connection(
         "claimed_until": None,
     }
     try:
+        # A Twitch account connected to another user makes the write below break
+        # the one-live-connection constraint: no query to ask first.
         with transaction.atomic():
-            if _linked_elsewhere(user=user, twitch_user_id=info.user_id).exists():
-                raise AlreadyLinked(info.login)
             previous = TwitchToken.objects.select_for_update().filter(user=user).first()
             # Reconnecting updates the user's one row in place.
             if previous is None:
@@ -196,8 +196,8 @@ def _store_connection(
                 detail=detail[:200],
             )
     except IntegrityError:
-        # Another user may have connected the same account at the same moment;
-        # any other integrity failure is the database's, not the user's.
+        # Another user has connected this Twitch account (perhaps at this very
+        # moment); any other integrity failure is the database's, not the user's.
         if _linked_elsewhere(user=user, twitch_user_id=info.user_id).exists():
             raise AlreadyLinked(info.login) from None
         raise

@@ -209,6 +209,10 @@ async def _flow(
                 result.errors += 1
                 return
         result.callback_seconds.append(elapsed)
+        # A browser would now show "Connected as ..." on the landing page, which
+        # uses the message up; that page is not part of the flow, so its cookie is
+        # dropped here instead of piling up one message per flow.
+        browser.session.cookie_jar.clear(lambda cookie: cookie.key == "messages")
     except (TimeoutError, aiohttp.ClientError, KeyError):
         result.errors += 1
 

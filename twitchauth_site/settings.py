@@ -60,6 +60,8 @@ MIDDLEWARE = [
     # Last, as django-axes asks: it turns a lockout into our 429 page.
     "axes.middleware.AxesMiddleware",
 ]
+# Database sessions, each save one statement (accounts/sessions.py).
+SESSION_ENGINE = "accounts.sessions"
 # Messages ("Connected as ...") travel in a signed cookie: no session write for them.
 MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 
@@ -121,6 +123,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Each request thread is reused (twitchauth_site/asgi.py), so its connection
+    # can be too, rather than opened and set up again for every request.
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A database that accepts connections but never answers must not hang pages:
     # connecting gives up after DATABASE_CONNECT_TIMEOUT, and the server ends any
