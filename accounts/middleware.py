@@ -1,5 +1,5 @@
-"""Middleware: a database that does not answer gets a page, not a traceback; and
-Django's own middleware, made cheap under ASGI."""
+"""Middleware: a database that does not answer gets a page, not a traceback;
+Django's own middleware, made cheap under ASGI; and the site's static files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from functools import partial
 from typing import Any
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import markcoroutinefunction, sync_to_async
 from csp import middleware as csp_middleware
 from django.conf import settings
 from django.contrib.auth import get_user
@@ -19,6 +19,8 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware import clickjacking, common, csrf, security
 from django.template.loader import render_to_string
 from django.utils.deprecation import MiddlewareMixin
+from whitenoise.middleware import WhiteNoiseMiddleware
+from whitenoise.responders import StaticFile
 
 logger = logging.getLogger(__name__)
 
@@ -132,3 +134,57 @@ class SessionMiddleware(session.SessionMiddleware):
         if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
             return await sync_to_async(self.process_response)(request, response)
         return self.process_response(request, response)
+
+
+# --- The site's own static files ---------------------------------------------------
+
+
+class StaticFiles(WhiteNoiseMiddleware):
+    """WhiteNoise, made async: a request under STATIC_URL gets its file; any other
+    request goes on down the chain without a hop to a thread. (So WHITENOISE_ROOT,
+    files at the site's root, is not served.)"""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        super().__init__(get_response)
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith(self.static_prefix):
+            # Opening and reading the file block, so on a thread; not the one sync
+            # thread, where it would wait behind other requests' database work.
+            response = await sync_to_async(self.serve_if_found, thread_sensitive=False)(
+                request
+            )
+            if response is not None:
+                return response
+        return await self.get_response(request)
+
+    def serve_if_found(self, request: HttpRequest) -> HttpResponse | None:
+        """WhiteNoiseMiddleware.__call__, short of calling the rest of the chain."""
+        if self.autorefresh:
+            static_file = self.find_file(request.path_info)
+        else:
+            static_file = self.files.get(request.path_info)
+        if static_file is None:
+            return None
+        return self.serve(static_file, request)
+
+    @staticmethod
+    def serve(static_file: StaticFile, request: HttpRequest) -> HttpResponse:
+        # The file is read here, on the thread, into a plain response. WhiteNoise's
+        # own FileResponse would stream it through a sync iterator, which Django
+        # under ASGI reads whole on a second hop anyway, with a warning each time.
+        # The largest files (the admin's vendored scripts) are about 300 kB.
+        answer = static_file.get_response(request.method, request.META)
+        content = b""
+        if answer.file is not None:
+            with answer.file as file:
+                content = file.read()
+        response = HttpResponse(content, status=int(answer.status))
+        del response["Content-Type"]  # WhiteNoise's headers name the file's own
+        for name, value in answer.headers:
+            response[name] = value
+        return response

@@ -274,6 +274,51 @@ def _wait_until_listening(port: int, server: subprocess.Popen) -> None:
     raise AssertionError("uvicorn did not start")
 
 
+@pytest.fixture(scope="module")
+def deployed_site(
+    sandbox: Sandbox, django_db_setup, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """The site as deployed: the real settings (DEBUG off), `collectstatic` run into
+    a STATIC_ROOT of its own, then uvicorn with two workers, on the test database."""
+    port = free_port()
+    env = process_env(sandbox, ALLOWED_HOSTS="localhost")
+    env.update(
+        DJANGO_SETTINGS_MODULE="twitchauth_site.settings",
+        STATIC_ROOT=str(tmp_path_factory.mktemp("staticfiles")),
+        TOKEN_SPOOL_DIR=str(tmp_path_factory.mktemp("spool")),
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity=0"],
+        cwd=BASE_DIR,
+        env=env,
+        check=True,
+    )
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "twitchauth_site.asgi:application",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        cwd=BASE_DIR,
+        env=env,
+    )
+    try:
+        _wait_until_listening(port, server)
+        served = Site(f"http://localhost:{port}")
+        served.pid = server.pid
+        yield served
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def database_refuses_token_writes(*, only_column: str | None = None) -> Iterator[None]:
     """The database refuses to write Twitch tokens: a real DatabaseError, raised by a

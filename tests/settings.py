@@ -23,7 +23,7 @@ os.environ.setdefault("CSRF_COOKIE_SECURE", "False")
 os.environ["DEBUG"] = "False"
 
 from twitchauth_site.settings import *  # noqa: E402,F403
-from twitchauth_site.settings import DATABASES  # noqa: E402
+from twitchauth_site.settings import DATABASES, STORAGES  # noqa: E402
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not Django's in-memory default: WAL, the busy timeout and other
@@ -34,3 +34,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     }
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# No collectstatic before the tests: pages link static files by their own names, and
+# WhiteNoise finds each in its app when asked, as with DEBUG. The deployed way
+# (collected, hashed, compressed) is tested in tests/test_static.py.
+STORAGES = {
+    **STORAGES,
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = True

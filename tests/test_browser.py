@@ -10,6 +10,7 @@ CI, where they must run.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -145,6 +146,25 @@ async def test_the_site_and_the_admin_satisfy_the_content_security_policy(
     await page.select_option("select[name=action]", "revoke_tokens")
     await page.click("button[name=index]")
     await page.wait_for_selector("text=Revoke")
+    await assert_no_csp_violations(page)
+
+
+async def test_the_admin_s_collected_stylesheets_load_within_the_policy(
+    deployed_site, browser
+):
+    page = await new_page(browser)
+
+    await page.goto(f"{deployed_site}/admin/login/")
+
+    sheets = await page.evaluate(
+        """[...document.querySelectorAll("link[rel=stylesheet]")].map(
+            (link) => [link.getAttribute("href"), link.sheet?.cssRules.length ?? 0]
+        )"""
+    )
+    assert sheets, "the admin links no stylesheets"
+    for href, rules in sheets:
+        assert re.fullmatch(r"/static/admin/css/[\w/]+\.[0-9a-f]{12}\.css", href)
+        assert rules > 0, f"{href} did not load"
     await assert_no_csp_violations(page)
 
 

@@ -217,6 +217,16 @@ def test_dev_script_prints_demo_credentials_that_work_on_every_run(start_dev):
     assert not _signs_in(second.base_url, username, first_password)
 
 
+def test_dev_script_serves_the_admin_s_stylesheets(start_dev):
+    run = start_dev()
+
+    with urllib.request.urlopen(f"{run.base_url}/admin/login/", timeout=10) as page:
+        found = re.search(r'href="(/static/admin/css/base\.css)"', page.read().decode())
+    assert found, "the admin links no base.css"
+    with urllib.request.urlopen(run.base_url + found[1], timeout=10) as stylesheet:
+        assert stylesheet.headers["Content-Type"].startswith("text/css")
+
+
 def test_dev_script_stops_everything_it_started_on_sigterm(start_dev):
     run = start_dev()
     assert len(run.started) >= 2, "the sandbox and uvicorn"

@@ -47,6 +47,9 @@ MIDDLEWARE = [
     # Django's and django-csp's own, with their I/O-free hooks run on the event
     # loop (accounts/middleware.py says why); same order, same behaviour.
     "accounts.middleware.SecurityMiddleware",
+    # The site's own static files (WhiteNoise), answered before the session, CSRF
+    # and user middleware, which they do not need.
+    "accounts.middleware.StaticFiles",
     # Early, so that every response (error pages included) carries the policy.
     "accounts.middleware.CSPMiddleware",
     "accounts.middleware.SessionMiddleware",
@@ -166,7 +169,17 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# `manage.py collectstatic` gathers the admin's CSS and scripts here, under names
+# that carry a hash of their content, with gzipped copies; the site serves them
+# itself (WhiteNoise), hashed names cached for a year. With DEBUG, pages link the
+# plain names and the files come straight from the apps.
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default="") or BASE_DIR / "staticfiles")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # HTTPS by default in production; DEBUG (local development) runs on plain HTTP.
