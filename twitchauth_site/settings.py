@@ -119,6 +119,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # requests and overlapping cron runs: WAL lets readers and one writer work
     # together, IMMEDIATE takes the write lock at BEGIN (no deadlocking lock
     # upgrades) and the timeout makes a second writer wait instead of failing.
+    # Django's backend, with a process's writers queued fairly
+    # (twitchauth_site/sqlite/base.py says why).
+    DATABASES["default"]["ENGINE"] = "twitchauth_site.sqlite"
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "transaction_mode": "IMMEDIATE",

@@ -1,0 +1,102 @@
+"""SQLite, with the writers of a process taking turns instead of racing.
+
+SQLite has one writer at a time. A connection that finds the write lock taken
+retries in SQLite's busy handler, whose naps grow to 100 ms; under a crowd the
+writers that have waited longest nap while newcomers take the lock, and a few
+requests wait seconds. Here a process's writers queue on one lock, each woken the
+moment the one before it is done, so at most one per process waits inside SQLite.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.db import OperationalError
+from django.db.backends.sqlite3 import base
+
+# Every connection of this process, on every thread, shares it.
+_writer = threading.Lock()
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _take_turn(timeout: float) -> None:
+    if not _writer.acquire(timeout=timeout):
+        # What SQLite itself says when its own busy timeout runs out.
+        raise OperationalError("database is locked")
+
+
+@contextmanager
+def _turn(timeout: float) -> Iterator[None]:
+    _take_turn(timeout)
+    try:
+        yield
+    finally:
+        _writer.release()
+
+
+class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
+    timeout: float = 5.0
+
+    def execute(self, query: str, params: Any = None) -> Any:
+        # A write outside a transaction is a transaction of its own: it queues
+        # too. (Inside one, the transaction already holds the turn.)
+        if self.connection.in_transaction or not _WRITE.match(query):
+            return super().execute(query, params)
+        with _turn(self.timeout):
+            return super().execute(query, params)
+
+    def executemany(self, query: str, param_list: Any) -> Any:
+        if self.connection.in_transaction or not _WRITE.match(query):
+            return super().executemany(query, param_list)
+        with _turn(self.timeout):
+            return super().executemany(query, param_list)
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    _holds_turn = False
+
+    @property
+    def _timeout(self) -> float:
+        return float(self.settings_dict["OPTIONS"].get("timeout", 5))
+
+    def create_cursor(self, name: str | None = None) -> Any:
+        cursor = self.connection.cursor(factory=SQLiteCursorWrapper)
+        cursor.timeout = self._timeout
+        return cursor
+
+    def _start_transaction_under_autocommit(self) -> None:
+        # Transactions begin IMMEDIATE (they take the write lock): queue first.
+        _take_turn(self._timeout)
+        self._holds_turn = True
+        try:
+            super()._start_transaction_under_autocommit()
+        except BaseException:
+            self._end_turn()
+            raise
+
+    def _commit(self) -> None:
+        try:
+            super()._commit()
+        finally:
+            self._end_turn()
+
+    def _rollback(self) -> None:
+        try:
+            super()._rollback()
+        finally:
+            self._end_turn()
+
+    def _close(self) -> None:
+        try:
+            super()._close()
+        finally:
+            self._end_turn()
+
+    def _end_turn(self) -> None:
+        if self._holds_turn:
+            self._holds_turn = False
+            _writer.release()
