@@ -225,8 +225,12 @@ class Site(str):
 
 
 @pytest.fixture
-def site(sandbox: Sandbox) -> Iterator[Site]:
-    """The site served by uvicorn with two workers, on the test database."""
+def site(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Site]:
+    """The site served by uvicorn with two workers, on the test database.
+
+    Parametrized indirectly, a dict sets `workers` and environment variables."""
+    options = dict(getattr(request, "param", {}))
+    workers = options.pop("workers", 2)
     port = free_port()
     base = f"http://localhost:{port}"
     sandbox.redirect_uris[:] = [f"{base}/twitch/callback/"]
@@ -236,6 +240,7 @@ def site(sandbox: Sandbox) -> Iterator[Site]:
         TWITCH_REDIRECT_URI=f"{base}/twitch/callback/",
         TWITCH_EVENTSUB_CALLBACK_URL=f"{base}/twitch/eventsub/",
         TWITCH_EVENTSUB_SECRET=EVENTSUB_SECRET,
+        **options,
     )
     server = subprocess.Popen(
         [
@@ -246,7 +251,7 @@ def site(sandbox: Sandbox) -> Iterator[Site]:
             "--port",
             str(port),
             "--workers",
-            "2",
+            str(workers),
             "--log-level",
             "warning",
         ],

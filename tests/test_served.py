@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+from django.db import connection
 
 from accounts.models import TwitchToken
 from tests.conftest import approve_on_twitch
@@ -213,6 +214,44 @@ async def test_a_graceful_shutdown_finishes_a_callback_in_flight(
             break
         await asyncio.sleep(0.1)
     assert _has_exited(site.pid)
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="PostgreSQL's connection pool"
+)
+@pytest.mark.parametrize(
+    "site",
+    # One worker with one pooled connection, which gives up waiting after 1 s.
+    [
+        {
+            "workers": 1,
+            "DATABASE_POOL_MIN": "1",
+            "DATABASE_POOL_MAX": "1",
+            "DATABASE_CONNECT_TIMEOUT": "1",
+        }
+    ],
+    indirect=True,
+)
+async def test_a_callback_waiting_on_twitch_leaves_the_database_to_other_requests(
+    site, sandbox, django_user_model
+):
+    await django_user_model.objects.acreate_user("ivan", password="pw")
+    async with aiohttp.ClientSession() as browser:
+        back = await approved_on_twitch(browser, site, "ivan", "ivanstreams")
+        sandbox.set_latency(2.0, endpoint="token")  # the callback waits on Twitch
+
+        landing = asyncio.create_task(browser.get(back, allow_redirects=False))
+        await asyncio.sleep(0.4)  # the callback is now waiting on Twitch
+        async with (
+            aiohttp.ClientSession() as someone_else,
+            someone_else.get(f"{site}/healthz") as health,
+        ):
+            health_status = health.status
+        response = await landing
+
+    assert health_status == 200  # not 503: the one connection was free
+    assert response.status == 302
+    assert await TwitchToken.objects.filter(login="ivanstreams").aexists()
 
 
 def _has_exited(pid: int) -> bool:

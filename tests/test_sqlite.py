@@ -1,0 +1,106 @@
+"""SQLite: a process's writers take turns rather than racing in SQLite's busy
+handler (twitchauth_site/sqlite/base.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import OperationalError, connection, transaction
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own backend"),
+]
+
+
+def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            errors.append(error)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, errors
+
+
+def never_waits_inside_sqlite() -> None:
+    """Without its turn, this connection's write would fail at once."""
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA busy_timeout = 0")
+
+
+def test_a_write_waits_its_turn_while_a_transaction_writes_then_goes_through():
+    in_transaction, may_commit = threading.Event(), threading.Event()
+
+    def long_transaction() -> None:
+        with transaction.atomic():
+            User.objects.create(username="first")
+            in_transaction.set()
+            may_commit.wait(timeout=10)
+
+    def later_write() -> None:
+        never_waits_inside_sqlite()
+        in_transaction.wait(timeout=10)
+        User.objects.create(username="second")
+
+    first, first_errors = in_thread(long_transaction)
+    second, second_errors = in_thread(later_write)
+    second.join(timeout=0.5)
+    assert second.is_alive(), "the second write went ahead of its turn"
+    may_commit.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+
+    assert first_errors == second_errors == []
+    assert set(User.objects.values_list("username", flat=True)) == {"first", "second"}
+
+
+def test_a_rolled_back_transaction_gives_up_its_turn():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        User.objects.create(username="rolled-back")
+        raise RuntimeError
+
+    def write() -> None:
+        never_waits_inside_sqlite()
+        User.objects.create(username="after")
+
+    thread, errors = in_thread(write)
+    thread.join(timeout=10)
+    assert errors == []
+    assert list(User.objects.values_list("username", flat=True)) == ["after"]
+
+
+def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
+    in_transaction, may_commit = threading.Event(), threading.Event()
+
+    def long_transaction() -> None:
+        with transaction.atomic():
+            User.objects.create(username="first")
+            in_transaction.set()
+            may_commit.wait(timeout=10)
+
+    def impatient_write() -> None:
+        # This thread's connection only: the settings dict itself is shared.
+        options = {**connection.settings_dict["OPTIONS"], "timeout": 0.2}
+        connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
+        in_transaction.wait(timeout=10)
+        User.objects.create(username="second")
+
+    first, _ = in_thread(long_transaction)
+    second, errors = in_thread(impatient_write)
+    second.join(timeout=10)
+    may_commit.set()
+    first.join(timeout=10)
+
+    assert len(errors) == 1
+    assert isinstance(errors[0], OperationalError)
+    assert str(errors[0]) == "database is locked"
