@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from axes.helpers import get_client_username, get_cool_off
 from axes.models import AccessAttempt
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import user_passes_test
 from django.db import DatabaseError, connection
 from django.http import (
     Http404,
@@ -45,6 +45,15 @@ OAUTH_ERROR_CODES = frozenset(
         "temporarily_unavailable",
     }
 )
+
+
+async def _is_signed_in(user: Any) -> bool:
+    return user.is_authenticated
+
+
+# Django's login_required, with its test a coroutine: Django runs a sync test (its
+# own `lambda u: u.is_authenticated`) on the sync thread and back, for an attribute.
+login_required = user_passes_test(_is_signed_in)
 
 
 async def arender(

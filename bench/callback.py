@@ -272,6 +272,7 @@ def _environment(sandbox: str, site: str, scratch: Path) -> dict[str, str]:
         ALLOWED_HOSTS="localhost",
         TOKEN_ENCRYPTION_KEYS=KEY,
         TOKEN_SPOOL_DIR=str(scratch / "spool"),
+        STATIC_ROOT=str(scratch / "static"),
         DATABASE_URL=os.environ.get(
             "DATABASE_URL", f"sqlite:///{scratch / 'bench.sqlite3'}"
         ),
@@ -285,7 +286,8 @@ def _environment(sandbox: str, site: str, scratch: Path) -> dict[str, str]:
 
 
 def _prepare_database(env: dict[str, str], users: int) -> None:
-    """Migrate, and K users with a known password (their connections start empty)."""
+    """Migrate, collect static files, and K users with a known password (their
+    connections start empty)."""
     script = f"""
 from django.contrib.auth.hashers import make_password
 from django.contrib.auth.models import User
@@ -299,7 +301,11 @@ User.objects.bulk_create(
     [User(username=f"bench{{n}}", password=password) for n in range({users})]
 )
 """
-    for command in (["migrate", "--verbosity", "0"], ["shell", "-c", script]):
+    for command in (
+        ["migrate", "--verbosity", "0"],
+        ["collectstatic", "--noinput", "--verbosity", "0"],  # as a deploy does
+        ["shell", "-c", script],
+    ):
         subprocess.run(
             [sys.executable, "manage.py", *command], cwd=ROOT, env=env, check=True
         )
