@@ -87,3 +87,26 @@ async def test_requests_at_the_same_time_each_have_a_thread_of_their_own():
 
     assert statuses == [200, 200]
     assert len(set(threads)) == 2
+
+
+async def test_after_a_crowd_threads_beyond_the_idle_limit_end():
+    earlier = len(request_threads())  # other tests' handlers keep theirs
+    application = ReusingRequestThreads()
+    application.KEEP_IDLE = 1
+    all_started = threading.Barrier(3, timeout=5)
+
+    with listening(request_started, lambda **kwargs: all_started.wait()):
+        statuses = await asyncio.gather(
+            *(get(application, "/healthz") for _ in range(3))
+        )
+
+    assert statuses == [200, 200, 200]
+    for _ in range(100):
+        if len(request_threads()) == earlier + 1:
+            break
+        await asyncio.sleep(0.02)
+    assert len(request_threads()) == earlier + 1
+
+
+def request_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("django-request")]

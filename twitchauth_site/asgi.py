@@ -12,7 +12,7 @@ from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_started
-from django.db import close_old_connections, reset_queries
+from django.db import close_old_connections, connections, reset_queries
 
 from twitchauth_site.log_filters import RedactOAuthParameters
 
@@ -30,6 +30,10 @@ class ReusingRequestThreads(ASGIHandler):
     (CONN_MAX_AGE) as under WSGI.
     """
 
+    # Threads kept for later requests. After a burst, threads beyond this many
+    # close their database connections and end (SQLite's stay open otherwise).
+    KEEP_IDLE = 64
+
     def __init__(self) -> None:
         super().__init__()
         self._idle: list[ThreadPoolExecutor] = []
@@ -43,7 +47,11 @@ class ReusingRequestThreads(ASGIHandler):
             async with ThreadSensitiveContext(executor=executor):
                 await self.handle(scope, receive, send)
         finally:
-            self._idle.append(executor)
+            if len(self._idle) < self.KEEP_IDLE:
+                self._idle.append(executor)
+            else:
+                executor.submit(connections.close_all)
+                executor.shutdown(wait=False)
 
 
 def _one_thread() -> ThreadPoolExecutor:
@@ -76,13 +84,6 @@ if not settings.DEBUG:
 
 # uvicorn's access log would otherwise record the callback's code in its URL.
 logging.getLogger("uvicorn.access").addFilter(RedactOAuthParameters())
-
-if settings.DEBUG:
-    # runserver serves static files itself; under uvicorn in development we do it
-    # here. In production the proxy serves `collectstatic` output (see README).
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    application = ASGIStaticFilesHandler(application)
 
 # Everything loaded so far (Django, the apps, their modules) lives as long as the
 # process: out of the garbage collector's sight, a full collection no longer walks
