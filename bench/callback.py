@@ -10,6 +10,7 @@ for a while, and the site's CPU per flow is read from /proc of its worker proces
     python bench/callback.py                          # K 1, 16, 64; L 0, 100 ms; W 2
     python bench/callback.py -k 16 --latency 0.1 --seconds 20
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench python bench/callback.py
+    python bench/callback.py --repeat 3 --seconds 10  # each setting 3 times, medians
     python bench/callback.py --smoke                  # CI: K 4, a few flows, no errors
 
 Everything (sandbox, site, load driver) shares one machine; the sandbox and the
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0, help="per setting")
     parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per setting, then their median"
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="K 4, three flows each; fail on errors"
     )
     args = parser.parse_args()
@@ -92,22 +96,27 @@ def main() -> None:
             failed = False
             for k in users:
                 for latency in latencies:
-                    row = asyncio.run(
-                        _measure(
-                            site=site,
-                            sandbox=sandbox_base,
-                            server=server,
-                            users=k,
-                            latency=latency,
-                            seconds=args.seconds,
-                            flows_each=3 if args.smoke else None,
+                    rows = []
+                    for _ in range(args.repeat):
+                        flows, wall, result, cpu = asyncio.run(
+                            _measure(
+                                site=site,
+                                sandbox=sandbox_base,
+                                server=server,
+                                users=k,
+                                latency=latency,
+                                seconds=args.seconds,
+                                flows_each=3 if args.smoke else None,
+                            )
                         )
-                    )
-                    flows, wall, result, cpu = row
-                    failed = failed or bool(result.errors) or not flows
-                    _print_row(
-                        k, latency, args.workers, database, flows, wall, result, cpu
-                    )
+                        failed = failed or bool(result.errors) or not flows
+                        rows.append(_row(flows, wall, result, cpu))
+                        _print_row(k, latency, args.workers, database, rows[-1])
+                    if len(rows) > 1:
+                        median = _median(rows)
+                        _print_row(
+                            k, latency, args.workers, database, median, "  median"
+                        )
         finally:
             for process in (server, sandbox):
                 process.terminate()
@@ -217,26 +226,51 @@ async def _flow(
         result.errors += 1
 
 
-def _print_row(
-    k: int,
-    latency: float,
-    workers: int,
-    database: str,
-    flows: int,
-    wall: float,
-    result: Result,
-    cpu: float,
-) -> None:
+@dataclass
+class Row:
+    flows: int
+    flows_per_second: float
+    p50: float
+    p95: float
+    p99: float
+    errors: int
+    cpu_per_flow: float
+
+
+def _row(flows: int, wall: float, result: Result, cpu: float) -> Row:
     times = sorted(result.callback_seconds) or [0.0]
     quantiles = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
-    p50, p95, p99 = quantiles[49], quantiles[94], quantiles[98]
+    return Row(
+        flows=flows,
+        flows_per_second=flows / wall,
+        p50=quantiles[49],
+        p95=quantiles[94],
+        p99=quantiles[98],
+        errors=result.errors,
+        cpu_per_flow=cpu / max(flows, 1),
+    )
+
+
+def _median(rows: list[Row]) -> Row:
+    """Each column's median over the runs (a noisy machine's fairest summary)."""
+    return Row(
+        **{
+            name: statistics.median(getattr(row, name) for row in rows)
+            for name in Row.__dataclass_fields__
+        }
+    )
+
+
+def _print_row(
+    k: int, latency: float, workers: int, database: str, row: Row, label: str = ""
+) -> None:
     floor = 2 * latency
-    ratio = f"{p99 / floor:>9.2f}" if floor else f"{'-':>9}"
+    ratio = f"{row.p99 / floor:>9.2f}" if floor else f"{'-':>9}"
     print(
-        f"{k:>3} {latency * 1000:>5.0f} {workers:>2} {database:>10} {flows:>6} "
-        f"{flows / wall:>7.1f} {p50 * 1000:>7.0f} {p95 * 1000:>7.0f} "
-        f"{p99 * 1000:>7.0f} {ratio} {result.errors:>6} "
-        f"{cpu * 1000 / max(flows, 1):>11.1f}",
+        f"{k:>3} {latency * 1000:>5.0f} {workers:>2} {database:>10} {row.flows:>6.0f} "
+        f"{row.flows_per_second:>7.1f} {row.p50 * 1000:>7.0f} {row.p95 * 1000:>7.0f} "
+        f"{row.p99 * 1000:>7.0f} {ratio} {row.errors:>6.0f} "
+        f"{row.cpu_per_flow * 1000:>11.1f}{label}",
         flush=True,
     )
 
