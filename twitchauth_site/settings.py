@@ -63,6 +63,8 @@ MIDDLEWARE = [
     # Last, as django-axes asks: it turns a lockout into our 429 page.
     "axes.middleware.AxesMiddleware",
 ]
+# Django finds its middleware by path, not our subclasses; accounts.W008-W010 do.
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 # Database sessions, each save one statement (accounts/sessions.py).
 SESSION_ENGINE = "accounts.sessions"
 # Messages ("Connected as ...") travel in a signed cookie: no session write for them.
