@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.staticfiles.storage import ManifestFilesMixin
 from django.core import checks
 from django.core.checks.security import base as django_security
 from django.core.checks.security import csrf as django_csrf
@@ -178,6 +180,26 @@ def check_https_to_twitch(**kwargs: Any) -> list[checks.CheckMessage]:
                 )
             )
     return warnings
+
+
+@checks.register(checks.Tags.staticfiles, deploy=True)
+def check_static_files_collected(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Outside DEBUG, pages link the hashed names `collectstatic` writes down in
+    STATIC_ROOT's manifest: without it, every admin page is a 500."""
+    if settings.DEBUG:
+        return []
+    storage = import_string(settings.STORAGES["staticfiles"]["BACKEND"])
+    manifest = Path(settings.STATIC_ROOT) / "staticfiles.json"
+    if issubclass(storage, ManifestFilesMixin) and not manifest.exists():
+        return [
+            checks.Warning(
+                f"{manifest} does not exist: admin pages will fail until static "
+                "files are collected.",
+                hint="Run `manage.py collectstatic --noinput` as part of each deploy.",
+                id="accounts.W011",
+            )
+        ]
+    return []
 
 
 @checks.register()

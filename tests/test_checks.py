@@ -110,6 +110,23 @@ def test_the_deploy_check_runs_only_with_deploy(settings):
     assert "accounts.W006" in ids(deploy)
 
 
+def test_static_files_never_collected_are_reported_by_the_deploy_check(
+    settings, tmp_path
+):
+    settings.DEBUG = False
+    settings.STATIC_ROOT = tmp_path
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {
+            "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        },
+    }
+    assert ids(checks.check_static_files_collected()) == ["accounts.W011"]
+
+    call_command("collectstatic", "--noinput", verbosity=0)
+    assert checks.check_static_files_collected() == []
+
+
 def test_eventsub_is_off_without_a_callback_url(settings):
     settings.TWITCH_EVENTSUB_CALLBACK_URL = ""
     settings.TWITCH_EVENTSUB_SECRET = ""
