@@ -242,25 +242,20 @@ def site(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[Site]:
         TWITCH_EVENTSUB_SECRET=EVENTSUB_SECRET,
         **options,
     )
+    yield from _served(port, env, workers=workers)
+
+
+def _served(port: int, env: dict[str, str], *, workers: int = 2) -> Iterator[Site]:
+    """uvicorn serving the site on `port` until the fixture using it ends."""
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "twitchauth_site.asgi:application",
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],
+        [sys.executable, "-m", "uvicorn", "twitchauth_site.asgi:application"]
+        + ["--port", str(port), "--workers", str(workers), "--log-level", "warning"],
         cwd=BASE_DIR,
         env=env,
     )
     try:
         _wait_until_listening(port, server)
-        served = Site(base)
+        served = Site(f"http://localhost:{port}")
         served.pid = server.pid
         yield served
     finally:
@@ -298,30 +293,7 @@ def deployed_site(
         env=env,
         check=True,
     )
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "twitchauth_site.asgi:application",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--log-level",
-            "warning",
-        ],
-        cwd=BASE_DIR,
-        env=env,
-    )
-    try:
-        _wait_until_listening(port, server)
-        served = Site(f"http://localhost:{port}")
-        served.pid = server.pid
-        yield served
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    yield from _served(port, env)
 
 
 @contextlib.contextmanager

@@ -38,21 +38,29 @@ def never_waits_inside_sqlite() -> None:
         cursor.execute("PRAGMA busy_timeout = 0")
 
 
-def test_a_write_waits_its_turn_while_a_transaction_writes_then_goes_through():
-    in_transaction, may_commit = threading.Event(), threading.Event()
+def long_transaction(
+    in_transaction: threading.Event, may_commit: threading.Event
+) -> Callable[[], None]:
+    """A transaction that writes, says so, and commits when told."""
 
-    def long_transaction() -> None:
+    def work() -> None:
         with transaction.atomic():
             User.objects.create(username="first")
             in_transaction.set()
             may_commit.wait(timeout=10)
+
+    return work
+
+
+def test_a_write_waits_its_turn_while_a_transaction_writes_then_goes_through():
+    in_transaction, may_commit = threading.Event(), threading.Event()
 
     def later_write() -> None:
         never_waits_inside_sqlite()
         in_transaction.wait(timeout=10)
         User.objects.create(username="second")
 
-    first, first_errors = in_thread(long_transaction)
+    first, first_errors = in_thread(long_transaction(in_transaction, may_commit))
     second, second_errors = in_thread(later_write)
     second.join(timeout=0.5)
     assert second.is_alive(), "the second write went ahead of its turn"
@@ -82,12 +90,6 @@ def test_a_rolled_back_transaction_gives_up_its_turn():
 def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
     in_transaction, may_commit = threading.Event(), threading.Event()
 
-    def long_transaction() -> None:
-        with transaction.atomic():
-            User.objects.create(username="first")
-            in_transaction.set()
-            may_commit.wait(timeout=10)
-
     def impatient_write() -> None:
         # This thread's connection only: the settings dict itself is shared.
         options = {**connection.settings_dict["OPTIONS"], "timeout": 0.2}
@@ -95,7 +97,7 @@ def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
         in_transaction.wait(timeout=10)
         User.objects.create(username="second")
 
-    first, _ = in_thread(long_transaction)
+    first, _ = in_thread(long_transaction(in_transaction, may_commit))
     second, errors = in_thread(impatient_write)
     second.join(timeout=10)
     may_commit.set()
