@@ -870,12 +870,14 @@ def test_a_claim_that_fails_midway_still_stores_what_was_refreshed(
     with pytest.raises(CommandError):
         refresh_tokens("--no-validate", "--concurrency", "1")
 
+    # Every refresh Twitch answered is stored: the first batch's, all or (when the
+    # failing claim came before the last of them started) all but the last.
     refreshed = TwitchToken.objects.filter(last_refreshed_at__isnull=False)
-    assert refreshed.count() == sandbox.count("token") == 10  # the first batch
-    for token in refreshed:
+    assert refreshed.count() == sandbox.count("token") in (9, 10)
+    for token in TwitchToken.objects.all():
         assert sandbox.is_refresh_token_valid(token.refresh_token)
         assert token.claimed_until is None
-    assert len(tokens) - refreshed.count() == 5
+    assert len(tokens) - refreshed.count() >= 5
 
 
 @pytest.mark.django_db(transaction=True)
