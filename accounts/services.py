@@ -10,6 +10,7 @@ nothing else does. Business rules live here and nowhere else. Site code imports
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import enum
 import logging
@@ -137,7 +138,10 @@ _background: set[asyncio.Task[Any]] = set()
 
 
 def _in_background(work: Coroutine[Any, Any, Any]) -> None:
-    task = asyncio.get_running_loop().create_task(work)
+    # In a context of its own: the request's would tie any sync call the work makes
+    # to the request's thread (twitchauth_site/asgi.py), which asgiref refuses once
+    # the request has ended.
+    task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
     _background.add(task)
     task.add_done_callback(_background.discard)
 
