@@ -10,7 +10,6 @@ from typing import Any
 from asgiref.sync import markcoroutinefunction, sync_to_async
 from csp import middleware as csp_middleware
 from django.conf import settings
-from django.contrib.auth import get_user
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as message
 from django.contrib.sessions import middleware as session
@@ -106,9 +105,10 @@ class AuthenticationMiddleware(HooksOnTheLoop, auth.AuthenticationMiddleware):
 
 async def _auser(request: HttpRequest) -> Any:
     """`request.auser()` in one trip to the sync thread, where Django's own makes
-    two (the session, then the user)."""
+    two (the session, then the user). Through the middleware's own `get_user`, so
+    `request.user` (templates) finds the same user without asking again."""
     if not hasattr(request, "_acached_user"):
-        request._acached_user = await sync_to_async(get_user)(request)
+        request._acached_user = await sync_to_async(auth.get_user)(request)
     return request._acached_user
 
 
@@ -153,8 +153,8 @@ class StaticFiles(WhiteNoiseMiddleware):
 
     async def __call__(self, request: HttpRequest) -> HttpResponse:
         if request.path_info.startswith(self.static_prefix):
-            # Opening and reading the file block, so on a thread; not the one sync
-            # thread, where it would wait behind other requests' database work.
+            # Opening and reading the file block, so on a thread: any thread, as no
+            # database is involved (not the request's own, kept for the ORM).
             response = await sync_to_async(self.serve_if_found, thread_sensitive=False)(
                 request
             )

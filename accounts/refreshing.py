@@ -577,11 +577,11 @@ async def _refresh(
     # before anything else is awaited.
     result.refresh, result.grant = Attempt.SUCCEEDED, grant
     keep(result)
-    if grant.expires_in is None or grant.scopes is None:
-        # Twitch left a field out (or sent nonsense there): validating the new
-        # access token tells its lifetime and scopes, and that Twitch really
-        # issued it. A pair Twitch itself calls invalid is not stored: storing it
-        # would replace a refresh token that may well still work.
+    if grant.expires_in is None:
+        # Twitch left the lifetime out (or sent nonsense there): validating the new
+        # access token tells it, and that Twitch really issued the token. A pair
+        # Twitch itself calls invalid is not stored: storing it would replace a
+        # refresh token that may well still work.
         try:
             result.info = await twitch.with_retries(
                 lambda: twitch.validate(grant.access_token), attempts=attempts

@@ -52,6 +52,9 @@ def twitch_settings(sandbox: Sandbox, settings, tmp_path: Path) -> Sandbox:
     token spool of its own."""
     sandbox.reset()
     sandbox.redirect_uris[:] = [REDIRECT_URI]
+    # As strict as Twitch (https on 443) unless a test says otherwise: reset()
+    # keeps this switch, and a test that turned it on must not lend it to others.
+    sandbox.allow_insecure_callbacks = False
     settings.TWITCH_AUTH_BASE_URL = sandbox.auth_base_url
     settings.TWITCH_API_BASE_URL = sandbox.api_base_url
     settings.TOKEN_SPOOL_DIR = tmp_path / "spool"
