@@ -577,9 +577,10 @@ async def _refresh(
     # before anything else is awaited.
     result.refresh, result.grant = Attempt.SUCCEEDED, grant
     keep(result)
-    if grant.expires_in is None:
-        # Twitch left the lifetime out (or sent nonsense there): validating the new
-        # access token tells it, and that Twitch really issued the token. A pair
+    if grant.expires_in is None or grant.scopes is None:
+        # Twitch left the lifetime out or sent nonsense there or in the scopes:
+        # validating the new access token tells them, and that Twitch really
+        # issued the token. A pair
         # Twitch itself calls invalid is not stored: storing it would replace a
         # refresh token that may well still work.
         try:
@@ -744,7 +745,10 @@ def _changes(result: _Result, *, now: datetime, superseded: bool) -> dict[str, A
         changes.update(
             access_token=result.grant.access_token,
             refresh_token=result.grant.refresh_token,
-            scopes=result.grant.scopes,
+            # Refreshing keeps a grant's scopes: unreadable ones change nothing.
+            scopes=result.token.scopes
+            if result.grant.scopes is None
+            else result.grant.scopes,
             expires_at=twitch.expires_at(now, result.grant.expires_in, result.info),
             last_refreshed_at=now,
             last_error="",
@@ -878,7 +882,7 @@ def _replay_one(
         changes: dict[str, Any] = {
             "access_token": entry.access_token,
             "refresh_token": entry.refresh_token,
-            "scopes": entry.scopes,
+            "scopes": row.scopes if entry.scopes is None else entry.scopes,
             "expires_at": twitch.expires_at(obtained, entry.expires_in),
             "last_refreshed_at": obtained,
             "last_error": "",

@@ -49,7 +49,7 @@ class Entry:
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
     expires_in: int | None
-    scopes: list[str]
+    scopes: list[str] | None  # None: unreadable in Twitch's answer
     obtained_at: float  # time.time()
     lease: str  # the claim the run held (ISO 8601), released when replayed
 

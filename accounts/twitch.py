@@ -46,6 +46,9 @@ TIMEOUT = aiohttp.ClientTimeout(total=8, sock_connect=3)
 RETRY_BASE_DELAY = 0.5
 # The longest we honour a 429's Ratelimit-Reset before giving up for this run.
 MAX_RETRY_WAIT = 30.0
+# Refresh answers without a usable access token, each followed up with the refresh
+# token it did hold, before giving up (twitch.refresh).
+PARTIAL_ANSWERS_FOLLOWED = 3
 
 KNOWN_SCOPES = frozenset(scope.value for scope in AuthScope)
 
@@ -68,12 +71,16 @@ class TwitchUnavailable(TwitchError):
         *,
         retry_after: float | None = None,
         rate_limited: bool = False,
+        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         # A 429 means Twitch did nothing; any other failure leaves it unknown
         # whether Twitch acted on the request before its answer was lost.
         self.rate_limited = rate_limited
+        # False when asking again could do harm: Twitch may have rotated the
+        # refresh token the request presented (see `refresh`).
+        self.retryable = retryable
 
 
 class TwitchRejected(TwitchError):
@@ -101,7 +108,8 @@ class TokenGrant:
     # None when Twitch left it out (old client ids) or sent something unusable:
     # the expiry must then come from validating the access token.
     expires_in: int | None
-    scopes: list[str]
+    # None when Twitch sent scopes that cannot be read: validation says which.
+    scopes: list[str] | None
 
 
 @dataclass(frozen=True)
@@ -220,17 +228,50 @@ async def exchange_code(code: str) -> TokenGrant:
 
 @sensitive_variables()
 async def refresh(refresh_token: str) -> TokenGrant:
-    body = await _post_form(
-        "token",
-        {
-            "client_id": settings.TWITCH_CLIENT_ID,
-            "client_secret": settings.TWITCH_CLIENT_SECRET,
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-        },
-        credential_words=("refresh token",),
+    """A new pair for `refresh_token`.
+
+    An answer with a usable refresh token but no usable access token may mean
+    Twitch has rotated ours already: presenting the old one again could end the
+    grant. So the new one is presented instead, which both tests it (Twitch
+    rejects a refresh token it never issued) and yields a whole pair.
+    """
+    following_up = False
+    for _ in range(PARTIAL_ANSWERS_FOLLOWED):
+        try:
+            body = await _post_form(
+                "token",
+                {
+                    "client_id": settings.TWITCH_CLIENT_ID,
+                    "client_secret": settings.TWITCH_CLIENT_SECRET,
+                    "grant_type": "refresh_token",
+                    "refresh_token": refresh_token,
+                },
+                credential_words=("refresh token",),
+            )
+        except InvalidCredential:
+            if not following_up:
+                raise
+            # Twitch never issued the refresh token it sent: nothing was
+            # rotated, and the one we hold may be presented again.
+            raise TwitchUnavailable(
+                "Twitch's token endpoint answered without a usable token pair."
+            ) from None
+        except TwitchUnavailable as error:
+            if not following_up:
+                raise
+            raise TwitchUnavailable(
+                "Twitch's token endpoint answered without a usable access token, "
+                f"and following up failed: {error}",
+                retryable=False,
+            ) from None
+        grant = _token_grant(body, partial=True)
+        if grant.access_token:
+            return grant
+        refresh_token, following_up = grant.refresh_token, True
+    raise TwitchUnavailable(
+        "Twitch's token endpoint kept answering without a usable access token.",
+        retryable=False,
     )
-    return _token_grant(body)
 
 
 @sensitive_variables()
@@ -320,7 +361,7 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -
             raise
         except TwitchUnavailable as error:
             unanswered = unanswered or not error.rate_limited
-            if attempt == attempts:
+            if attempt == attempts or not error.retryable:
                 raise
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
             if error.retry_after is not None:
@@ -650,20 +691,26 @@ def _raise_for_status(
         raise TwitchRejected(text, status=status)
 
 
-def _token_grant(body: dict[str, Any]) -> TokenGrant:
+def _token_grant(body: dict[str, Any], *, partial: bool = False) -> TokenGrant:
+    """The grant in a token answer. With `partial`, an answer with a usable refresh
+    token but none for access is a grant with an empty access token."""
     access_token = body.get("access_token")
     refresh_token = body.get("refresh_token")
-    if not _is_token(access_token) or not _is_token(refresh_token):
+    if not _is_token(refresh_token) or not (partial or _is_token(access_token)):
         raise TwitchUnavailable(
             "Twitch's token endpoint answered without a usable token pair."
         )
     # Twitch leaves `scope` out when there are none; it sends an array in
     # practice, and its docs also show a space-separated string.
+    try:
+        scopes = _scopes(body.get("scope"), endpoint="token")
+    except TwitchUnavailable:
+        scopes = None  # the pair is still Twitch's answer: validation says
     return TokenGrant(
-        access_token=access_token,
+        access_token=access_token if _is_token(access_token) else "",
         refresh_token=refresh_token,
         expires_in=_expires_in(body.get("expires_in"), allow_zero=False),
-        scopes=_scopes(body.get("scope"), endpoint="token"),
+        scopes=scopes,
     )
 
 

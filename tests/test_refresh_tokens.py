@@ -415,7 +415,8 @@ def test_an_undecryptable_token_fails_without_stopping_the_others(
 # --- Twitch as strict and odd as it really is ---------------------------------------
 
 FAKE_ACCESS, FAKE_REFRESH = "a" * 30, "b" * 50
-# Answers that are no token pair: retried like any nonsense, three attempts in all.
+# Answers that are no token pair: retried like any nonsense, three attempts in all
+# (those with a usable refresh token: followed up with it, three answers in all).
 UNUSABLE_ANSWERS = {
     "access-token-null": {"access_token": None, "refresh_token": FAKE_REFRESH},
     "access-token-empty": {"access_token": "", "refresh_token": FAKE_REFRESH},
@@ -607,6 +608,39 @@ def test_a_refresh_answer_without_expires_in_takes_the_expiry_from_validation(
     assert sandbox.is_refresh_token_valid(token.refresh_token)
     assert token.expires_at > timezone.now() + timedelta(hours=3)
     assert sandbox.count("validate") == 1  # the new token, to learn its lifetime
+
+
+def test_a_refresh_answer_with_unreadable_scopes_keeps_the_new_pair(alice, sandbox):
+    # Twitch rotated the refresh token: asking again with the old one would end
+    # the grant. The pair is kept; validation says which scopes the token has.
+    token = expiring(make_token(alice, sandbox))
+    sandbox.alter("token", set={"scope": {"not": "a list"}}, times=1)
+
+    output = refresh_tokens("--no-validate")
+
+    assert output.startswith("refreshed 1,")
+    token.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(token.refresh_token)
+    assert token.scopes == ["chat:read"]
+    assert sandbox.count("token") == 1
+    assert sandbox.count("validate") == 1  # the new token, to learn its scopes
+
+
+def test_a_refresh_answer_without_an_access_token_is_followed_up_with_its_refresh_token(
+    alice, sandbox
+):
+    # The old refresh token may be rotated away already; the new one is what to
+    # present, and Twitch's answer to it says whether it was Twitch's at all.
+    token = expiring(make_token(alice, sandbox))
+    sandbox.alter("token", set={"access_token": None}, times=1)
+
+    output = refresh_tokens("--no-validate")
+
+    assert output.startswith("refreshed 1,")
+    token.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(token.refresh_token)
+    assert sandbox.count("token", grant_type="refresh_token") == 2
+    assert sandbox.refresh_count(token.refresh_token) == 2  # one grant, no reuse
 
 
 def test_a_token_that_does_not_expire_is_never_refreshed_in_a_loop(alice, sandbox):
