@@ -53,6 +53,10 @@ class InvalidMessage(Exception):
     """Not a message from Twitch for this site: unsigned, badly signed, or stale."""
 
 
+class UnreadableMessage(InvalidMessage):
+    """Signed with our secret, but its body is not a JSON object."""
+
+
 @dataclass(frozen=True)
 class Message:
     id: str
@@ -86,9 +90,9 @@ def verify(headers: Mapping[str, str], raw_body: bytes) -> Message:
     try:
         body = json.loads(raw_body)
     except ValueError:
-        raise InvalidMessage("body is not JSON") from None
+        raise UnreadableMessage("body is not JSON") from None
     if not isinstance(body, dict):
-        raise InvalidMessage("body is not a JSON object")
+        raise UnreadableMessage("body is not a JSON object")
     return Message(
         id=message_id,
         type=headers.get("Twitch-Eventsub-Message-Type", ""),
@@ -152,18 +156,22 @@ async def _reconnected_since(message: Message) -> set[int]:
 
 
 def _handle_once(message: Message, *, keep: set[int]) -> list[TwitchToken]:
-    try:
-        with transaction.atomic():
-            EventSubMessage.objects.filter(
-                received_at__lt=timezone.now() - 2 * MAX_AGE
-            ).delete()
-            EventSubMessage.objects.create(message_id=message.id[:100])
-            if message.type == "notification":
-                return _notification(message.body, keep=keep)
-            if message.type == "revocation":
-                _revocation(message.body)
-    except IntegrityError:
-        logger.info("EventSub message %s seen before; not handled again", message.id)
+    with transaction.atomic():
+        EventSubMessage.objects.filter(
+            received_at__lt=timezone.now() - 2 * MAX_AGE
+        ).delete()
+        try:
+            # Only this insert tells a message seen before; any other failure
+            # must reach Twitch as one, so that it delivers the message again.
+            with transaction.atomic():
+                EventSubMessage.objects.create(message_id=message.id[:100])
+        except IntegrityError:
+            logger.info("EventSub message %s seen before; not handled", message.id)
+            return []
+        if message.type == "notification":
+            return _notification(message.body, keep=keep)
+        if message.type == "revocation":
+            _revocation(message.body)
     return []
 
 

@@ -267,6 +267,9 @@ async def eventsub(request: HttpRequest) -> HttpResponse:
         raise Http404("EventSub is not configured.")
     try:
         message = eventsub_service.verify(request.headers, request.body)
+    except eventsub_service.UnreadableMessage as unreadable:
+        logger.warning("refused an EventSub message: %s", unreadable)
+        return HttpResponse("Bad Request", status=400, content_type="text/plain")
     except eventsub_service.InvalidMessage as invalid:
         logger.warning("refused an EventSub message: %s", invalid)
         return HttpResponse("Forbidden", status=403, content_type="text/plain")

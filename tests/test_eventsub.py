@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import IntegrityError
 from django.test import AsyncClient
 
 from accounts import signals
@@ -269,7 +270,26 @@ async def test_a_signed_body_that_is_not_json_is_a_400_not_a_500():
         ).hexdigest()
     )
 
-    assert (await post(raw, headers)).status_code in (400, 403)
+    assert (await post(raw, headers)).status_code == 400
+
+
+async def test_a_failure_while_revoking_is_not_taken_for_a_message_seen_before(
+    alice, sandbox, monkeypatch
+):
+    token = await amake_token(alice, sandbox)
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+
+    def refuse(**fields):
+        raise IntegrityError("the event could not be written")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(TokenEvent.objects, "create", refuse)
+        failed = await post(raw, headers, AsyncClient(raise_request_exception=False))
+    assert failed.status_code == 500  # Twitch delivers the message again...
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+
+    assert (await post(raw, headers)).status_code == 204  # ...and it is handled
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED
 
 
 async def test_a_late_redelivery_spares_a_connection_made_after_the_disconnect(
