@@ -24,6 +24,11 @@ from whitenoise.responders import StaticFile
 logger = logging.getLogger(__name__)
 
 
+# Locked, timed out, unreachable, read-only: the database's state, not a bug.
+# (IntegrityError and DataError are bugs or bad input: left alone.)
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, InternalError)
+
+
 class DatabaseUnavailableMiddleware(MiddlewareMixin):
     """Any view (the admin's included) whose database is unreachable, refusing
     writes or timing out answers 503 with a plain sentence; nothing was half-written,
@@ -32,27 +37,30 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(
         self, request: HttpRequest, exception: Exception
     ) -> HttpResponse | None:
-        # Locked, timed out, unreachable, read-only: the database's state, not a
-        # bug. (IntegrityError and DataError are bugs or bad input: left alone.)
-        if not isinstance(exception, OperationalError | InterfaceError | InternalError):
+        if not isinstance(exception, DATABASE_UNAVAILABLE):
             return None
-        logger.error("database error on %s: %s", request.path, type(exception).__name__)
-        # Rendered without the request: its context processors (the user, the
-        # messages) would ask the database again.
-        page = render_to_string(
-            "accounts/failure.html",
-            {
-                "title": "Please try again in a minute",
-                "CSP_NONCE": getattr(request, "csp_nonce", ""),
-                "sentence": (
-                    "This site's database is not answering just now, so nothing was "
-                    "changed. Please try again in a minute."
-                ),
-            },
-        )
-        response = HttpResponse(page, status=503)
-        response["Retry-After"] = "60"
-        return response
+        return database_unavailable(request, exception)
+
+
+def database_unavailable(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The 503 page for a database that refuses or does not answer."""
+    logger.error("database error on %s: %s", request.path, type(exception).__name__)
+    # Rendered without the request: its context processors (the user, the
+    # messages) would ask the database again.
+    page = render_to_string(
+        "accounts/failure.html",
+        {
+            "title": "Please try again in a minute",
+            "CSP_NONCE": getattr(request, "csp_nonce", ""),
+            "sentence": (
+                "This site's database is not answering just now, so nothing was "
+                "changed. Please try again in a minute."
+            ),
+        },
+    )
+    response = HttpResponse(page, status=503)
+    response["Retry-After"] = "60"
+    return response
 
 
 # --- Django's own middleware, with hooks that do no I/O run on the event loop -----
@@ -126,7 +134,8 @@ class CSPMiddleware(HooksOnTheLoop, csp_middleware.CSPMiddleware):
 
 
 class SessionMiddleware(session.SessionMiddleware):
-    """Loads lazily as ever; hops to the sync thread only to save a changed session."""
+    """Loads lazily as ever; hops to the sync thread only to save a changed session.
+    A save the database refuses is the 503 page, as an error in a view is."""
 
     async def __acall__(self, request: HttpRequest) -> HttpResponse:
         self.process_request(request)
@@ -134,6 +143,16 @@ class SessionMiddleware(session.SessionMiddleware):
         if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
             return await sync_to_async(self.process_response)(request, response)
         return self.process_response(request, response)
+
+    def process_response(
+        self, request: HttpRequest, response: HttpResponse
+    ) -> HttpResponse:
+        try:
+            return super().process_response(request, response)
+        except DATABASE_UNAVAILABLE as error:
+            # After the view: DatabaseUnavailableMiddleware cannot see this, and
+            # the view's answer is void (its session changes were not saved).
+            return database_unavailable(request, error)
 
 
 # --- The site's own static files ---------------------------------------------------

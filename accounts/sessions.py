@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from django.contrib.sessions.backends import db
 from django.contrib.sessions.backends.base import UpdateError
-from django.db import DatabaseError, router
+from django.db import (
+    DatabaseError,
+    InterfaceError,
+    InternalError,
+    OperationalError,
+    router,
+)
 
 
 class SessionStore(db.SessionStore):
@@ -20,6 +26,11 @@ class SessionStore(db.SessionStore):
         using = router.db_for_write(self.model, instance=session)
         try:
             session.save(force_update=True, using=using)
+        except (OperationalError, InterfaceError, InternalError):
+            # A locked or unreachable database, not a vanished session: the
+            # middleware makes it the 503 page. (Django's own store calls it
+            # UpdateError too, and the user gets a 400 that blames a logout.)
+            raise
         except DatabaseError as error:
             # As Django's: the session was deleted meanwhile (e.g. a logout in
             # another tab); the middleware turns this into SessionInterrupted.

@@ -353,8 +353,9 @@ async def adatabase_refuses_token_writes(**options: str) -> AsyncIterator[None]:
 
 
 @contextlib.contextmanager
-def database_write_lock() -> Iterator[None]:
-    """Another connection holds the write lock, as a long transaction would."""
+def database_write_lock(table: str = "accounts_twitchtoken") -> Iterator[None]:
+    """Another connection holds the write lock, as a long transaction would (on
+    PostgreSQL, on `table`)."""
     if connection.vendor == "sqlite":
         import sqlite3
 
@@ -369,9 +370,7 @@ def database_write_lock() -> Iterator[None]:
         import psycopg
 
         with psycopg.connect(database_url()) as holder:
-            holder.execute(
-                "LOCK TABLE accounts_twitchtoken IN SHARE ROW EXCLUSIVE MODE"
-            )
+            holder.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
             yield
             holder.rollback()
 

@@ -831,3 +831,18 @@ async def test_a_database_error_on_a_page_is_a_503_with_a_sentence(
     assert response.status_code == 503
     assert "database is not answering" in page(response)
     assert response["Retry-After"] == "60"
+
+
+async def test_a_session_the_database_cannot_save_is_a_503_with_a_sentence(
+    alice_client, sandbox
+):
+    from tests.conftest import database_write_lock, impatient_database
+
+    await sync_to_async(impatient_database)()
+    # Connect only changes the session, which is saved after the view.
+    with database_write_lock("django_session"):
+        response = await alice_client.post("/twitch/connect/")
+
+    assert response.status_code == 503
+    assert "database is not answering" in page(response)
+    assert "Location" not in response  # no trip to Twitch with an unsaved state
