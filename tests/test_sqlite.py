@@ -106,3 +106,23 @@ def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
     assert len(errors) == 1
     assert isinstance(errors[0], OperationalError)
     assert str(errors[0]) == "database is locked"
+
+
+def test_a_transaction_sqlite_rolled_back_by_itself_does_not_wait_on_its_own_turn():
+    # As after a full disk or an I/O error: SQLite ends the transaction, Django's
+    # atomic block goes on. Its next write must not queue behind itself.
+    def rolled_back_then_written() -> None:
+        # This thread's connection only: the settings dict itself is shared.
+        options = {**connection.settings_dict["OPTIONS"], "timeout": 0.2}
+        connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
+        with transaction.atomic():
+            User.objects.create(username="first")
+            connection.connection.execute("ROLLBACK")  # behind Django's back
+
+            User.objects.create(username="second")  # not "database is locked"
+
+    thread, errors = in_thread(rolled_back_then_written)
+    thread.join(timeout=10)
+
+    assert errors == []
+    assert list(User.objects.values_list("username", flat=True)) == ["second"]

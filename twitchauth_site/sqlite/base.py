@@ -39,21 +39,29 @@ def _turn(timeout: float) -> Iterator[None]:
 
 
 class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
-    timeout: float = 5.0
+    owner: DatabaseWrapper
 
     def execute(self, query: str, params: Any = None) -> Any:
-        # A write outside a transaction is a transaction of its own: it queues
-        # too. (Inside one, the transaction already holds the turn.)
-        if self.connection.in_transaction or not _WRITE.match(query):
+        if not self._queues(query):
             return super().execute(query, params)
-        with _turn(self.timeout):
+        with _turn(self.owner._timeout):
             return super().execute(query, params)
 
     def executemany(self, query: str, param_list: Any) -> Any:
-        if self.connection.in_transaction or not _WRITE.match(query):
+        if not self._queues(query):
             return super().executemany(query, param_list)
-        with _turn(self.timeout):
+        with _turn(self.owner._timeout):
             return super().executemany(query, param_list)
+
+    def _queues(self, query: str) -> bool:
+        # A write outside a transaction is a transaction of its own: it queues
+        # too. Inside one, the transaction holds the turn already, even after
+        # SQLite has rolled it back by itself (then the write fails at once).
+        return (
+            not self.owner._holds_turn
+            and not self.connection.in_transaction
+            and _WRITE.match(query) is not None
+        )
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -65,7 +73,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def create_cursor(self, name: str | None = None) -> Any:
         cursor = self.connection.cursor(factory=SQLiteCursorWrapper)
-        cursor.timeout = self._timeout
+        cursor.owner = self
         return cursor
 
     def _start_transaction_under_autocommit(self) -> None:
