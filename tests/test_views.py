@@ -687,6 +687,19 @@ async def test_a_status_field_in_a_validate_answer_is_not_taken_for_its_status(
     assert await TwitchToken.objects.filter(login="alicestreams").aexists()
 
 
+async def test_a_code_answer_with_unreadable_scopes_connects_with_validated_ones(
+    alice_client, sandbox
+):
+    # The code is spent and the grant issued: validation says which scopes it has.
+    sandbox.alter("token", set={"scope": [None]}, times=1)
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 302
+    token = await TwitchToken.objects.aget(login="alicestreams")
+    assert token.scopes == ["chat:read", "chat:edit"]  # as validation says
+
+
 async def test_a_validation_that_hangs_revokes_the_new_grant(
     alice_client, sandbox, short_timeout
 ):
