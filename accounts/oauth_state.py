@@ -85,6 +85,13 @@ async def take_state(*, session: SessionBase, state: str) -> str:
     return str(pending[match]["next"])
 
 
+async def has_pending(*, session: SessionBase) -> bool:
+    """Whether this browser started a flow that has not ended or expired."""
+    pending: dict[str, dict[str, Any]] = await session.aget(STATE_SESSION_KEY, {})
+    now = time.time()
+    return any(now - data["created"] < STATE_LIFETIME for data in pending.values())
+
+
 def _save_and_spend(session: SessionBase, *, state: str | None, save: bool) -> bool:
     """Save the session (the state gone from it) and record `state` as used; False
     if a concurrent request already used it."""

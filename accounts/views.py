@@ -114,7 +114,9 @@ async def callback(request: HttpRequest) -> HttpResponse:
     error = request.GET.get("error", "")
     if not state:
         if error:
-            return await _twitch_error(request, error, from_our_flow=False)
+            # Twitch may leave the state out of a redirect_mismatch.
+            pending = await oauth_state.has_pending(session=request.session)
+            return await _twitch_error(request, error, from_our_flow=pending)
         return await _failure(
             request,
             "This Twitch sign-in link is incomplete. "
@@ -318,7 +320,8 @@ async def _twitch_error(
     request: HttpRequest, error: str, *, from_our_flow: bool
 ) -> HttpResponse:
     """The page for an OAuth error. `from_our_flow`: it came with a valid pending
-    state, so it really is Twitch answering this site (anyone can craft the link)."""
+    state, or with none to a browser mid-flow, so it is most likely Twitch
+    answering this site (anyone can craft the link)."""
     if error == "access_denied":
         sentence = (
             "You cancelled the connection on Twitch, so nothing was connected. "

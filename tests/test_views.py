@@ -560,6 +560,21 @@ async def test_a_redirect_mismatch_alerts_operators_only_from_our_own_flow(
     assert len(errors) == 1 and "TWITCH_REDIRECT_URI" in errors[0].getMessage()
 
 
+async def test_a_return_address_twitch_does_not_know_alerts_operators(
+    alice_client, sandbox, settings, caplog
+):
+    # Twitch sends the browser to the app's first registered address, maybe
+    # without the state; this browser did start a flow, so it is Twitch talking.
+    settings.TWITCH_REDIRECT_URI = "http://testserver/twitch/calback/"
+
+    response = await connect_twitch(alice_client, login="alicestreams")
+
+    assert response.status_code == 400
+    assert "does not recognise this site's return address" in page(response)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "TWITCH_REDIRECT_URI" in errors[0].getMessage()
+
+
 def test_home_shows_expiry_in_hours_and_minutes(client, alice: User, sandbox):
     make_token(alice, sandbox, expires_in=3 * 3600 + 12 * 60 + 30)
     client.force_login(alice)
