@@ -91,18 +91,20 @@ def main() -> None:
             print(
                 f"{'K':>3} {'L ms':>5} {'W':>2} {'database':>10} {'flows':>6} "
                 f"{'flows/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-                f"{'p99/floor':>9} {'errors':>6} {'CPU ms/flow':>11}"
+                f"{'p99/floor':>9} {'errors':>6} {'CPU ms/flow':>11} "
+                f"{'sandbox ms':>10} {'driver ms':>9}"
             )
             failed = False
             for k in users:
                 for latency in latencies:
                     rows = []
                     for _ in range(args.repeat):
-                        flows, wall, result, cpu = asyncio.run(
+                        flows, wall, result, cpu, others = asyncio.run(
                             _measure(
                                 site=site,
                                 sandbox=sandbox_base,
                                 server=server,
+                                sandbox_process=sandbox,
                                 users=k,
                                 latency=latency,
                                 seconds=args.seconds,
@@ -110,7 +112,7 @@ def main() -> None:
                             )
                         )
                         failed = failed or bool(result.errors) or not flows
-                        rows.append(_row(flows, wall, result, cpu))
+                        rows.append(_row(flows, wall, result, cpu, others))
                         _print_row(k, latency, args.workers, database, rows[-1])
                     if len(rows) > 1:
                         median = _median(rows)
@@ -130,11 +132,12 @@ async def _measure(
     site: str,
     sandbox: str,
     server: subprocess.Popen,
+    sandbox_process: subprocess.Popen,
     users: int,
     latency: float,
     seconds: float,
     flows_each: int | None,
-) -> tuple[int, float, Result, float]:
+) -> tuple[int, float, Result, float, tuple[float, float]]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as sandbox_session:
         browsers = [await _signed_in(site, f"bench{n}") for n in range(users)]
@@ -147,6 +150,9 @@ async def _measure(
             )
             result = Result()
             cpu_before = _cpu_seconds(server.pid)
+            # The sandbox's and this driver's CPU: what the site's neighbours on
+            # the same cores take (at L = 0 they bound the flows a second).
+            others_before = _cpu_seconds(sandbox_process.pid), time.process_time()
             started = time.perf_counter()
             deadline = started + seconds
 
@@ -161,12 +167,16 @@ async def _measure(
             await asyncio.gather(*(person(n, b) for n, b in enumerate(browsers)))
             wall = time.perf_counter() - started
             cpu = _cpu_seconds(server.pid) - cpu_before
+            others = (
+                _cpu_seconds(sandbox_process.pid) - others_before[0],
+                time.process_time() - others_before[1],
+            )
         finally:
             for browser in browsers:
                 await browser.session.close()
             await _control(sandbox, "latency", {"seconds": 0})
     flows = len(result.callback_seconds) + result.errors
-    return flows, wall, result, cpu
+    return flows, wall, result, cpu, others
 
 
 @dataclass
@@ -235,9 +245,13 @@ class Row:
     p99: float
     errors: int
     cpu_per_flow: float
+    sandbox_cpu_per_flow: float
+    driver_cpu_per_flow: float
 
 
-def _row(flows: int, wall: float, result: Result, cpu: float) -> Row:
+def _row(
+    flows: int, wall: float, result: Result, cpu: float, others: tuple[float, float]
+) -> Row:
     times = sorted(result.callback_seconds) or [0.0]
     quantiles = statistics.quantiles(times, n=100) if len(times) > 1 else times * 99
     return Row(
@@ -248,6 +262,8 @@ def _row(flows: int, wall: float, result: Result, cpu: float) -> Row:
         p99=quantiles[98],
         errors=result.errors,
         cpu_per_flow=cpu / max(flows, 1),
+        sandbox_cpu_per_flow=others[0] / max(flows, 1),
+        driver_cpu_per_flow=others[1] / max(flows, 1),
     )
 
 
@@ -270,7 +286,8 @@ def _print_row(
         f"{k:>3} {latency * 1000:>5.0f} {workers:>2} {database:>10} {row.flows:>6.0f} "
         f"{row.flows_per_second:>7.1f} {row.p50 * 1000:>7.0f} {row.p95 * 1000:>7.0f} "
         f"{row.p99 * 1000:>7.0f} {ratio} {row.errors:>6.0f} "
-        f"{row.cpu_per_flow * 1000:>11.1f}{label}",
+        f"{row.cpu_per_flow * 1000:>11.1f} {row.sandbox_cpu_per_flow * 1000:>10.1f} "
+        f"{row.driver_cpu_per_flow * 1000:>9.1f}{label}",
         flush=True,
     )
 
