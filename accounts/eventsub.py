@@ -50,7 +50,8 @@ def enabled() -> bool:
 
 
 class InvalidMessage(Exception):
-    """Not a message from Twitch for this site: unsigned, badly signed, or stale."""
+    """A message the site will not act on: unsigned, badly signed, stale, or
+    unreadable."""
 
 
 class UnreadableMessage(InvalidMessage):

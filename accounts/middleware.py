@@ -17,6 +17,7 @@ from django.db import InterfaceError, InternalError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.middleware import clickjacking, common, csrf, security
 from django.template.loader import render_to_string
+from django.utils.cache import add_never_cache_headers
 from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 from whitenoise.responders import StaticFile
@@ -60,6 +61,8 @@ def database_unavailable(request: HttpRequest, exception: Exception) -> HttpResp
     )
     response = HttpResponse(page, status=503)
     response["Retry-After"] = "60"
+    # Also when built after the view's own headers were set (a session save).
+    add_never_cache_headers(response)
     return response
 
 

@@ -156,8 +156,9 @@ class _Result:
     # Twitch rejected the refresh token after an attempt whose answer was lost,
     # which may have rotated it: not proof that the user must reconnect.
     rejection_uncertain: bool = False
-    # Validation says the access token Twitch just issued is dead already.
-    new_token_rejected: bool = False
+    # The access token Twitch just issued is missing, or validation says it is
+    # dead already.
+    new_access_token_unusable: bool = False
     error: str = ""
     # Decided while storing:
     superseded: bool = False  # someone stored a newer pair while we held the old
@@ -173,7 +174,9 @@ class _Result:
         if self.store_failed:
             return Outcome.FAILED
         if self.refresh is Attempt.SUCCEEDED:
-            return Outcome.FAILED if self.new_token_rejected else Outcome.REFRESHED
+            if self.new_access_token_unusable:
+                return Outcome.FAILED
+            return Outcome.REFRESHED
         if self.refresh is Attempt.REJECTED:
             if self.superseded:
                 return Outcome.SKIPPED
@@ -577,12 +580,20 @@ async def _refresh(
     # before anything else is awaited.
     result.refresh, result.grant = Attempt.SUCCEEDED, grant
     keep(result)
+    if not grant.access_token:
+        # Only a refresh token to show for it (twitch.refresh): the newest Twitch
+        # handed out, kept, due at once, and refreshed again by the next run.
+        result.new_access_token_unusable = True
+        result.error = (
+            "Twitch's refresh answer held no usable access token; the next run "
+            "refreshes again."
+        )
+        return
     if grant.expires_in is None or grant.scopes is None:
         # Twitch left the lifetime out or sent nonsense there or in the scopes:
         # validating the new access token tells them, and that Twitch really
-        # issued the token. A pair
-        # Twitch itself calls invalid is not stored: storing it would replace a
-        # refresh token that may well still work.
+        # issued the token. A pair Twitch itself calls invalid is not stored:
+        # storing it would replace a refresh token that may well still work.
         try:
             result.info = await twitch.with_retries(
                 lambda: twitch.validate(grant.access_token), attempts=attempts
@@ -608,6 +619,8 @@ async def _validate(
 ) -> None:
     if result.validation is not None:
         return  # the refresh validated its new token already
+    if result.grant is not None and not result.grant.access_token:
+        return  # no access token to validate: the next run refreshes
     access = result.grant.access_token if result.grant else token.access_token
     try:
         result.info = await twitch.with_retries(
@@ -618,7 +631,7 @@ async def _validate(
         # Twitch answered, so this counts as the hourly validation.
         result.validation = Attempt.REJECTED
         if result.grant is not None:
-            result.new_token_rejected = True
+            result.new_access_token_unusable = True
             result.error = "Twitch rejected the access token it just issued."
         elif refresh_before is not None and time.monotonic() > refresh_before:
             result.error = "Twitch says the access token is invalid; the next run "
@@ -1035,8 +1048,9 @@ async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
             current = await TwitchToken.objects.filter(pk=token.pk).afirst()
             if current is None or not current.is_usable:
                 raise NoUsableToken("The Twitch connection needs a reconnect.")
-            if report.counts[Outcome.REFRESHED] or (
-                current.refresh_token != token.refresh_token
+            if current.access_token and (
+                report.counts[Outcome.REFRESHED]
+                or current.refresh_token != token.refresh_token
             ):
                 return current
             if report.counts[Outcome.FAILED]:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from django.contrib.sessions.backends import db
 from django.contrib.sessions.backends.base import UpdateError
-from django.db import (
-    DatabaseError,
-    InterfaceError,
-    InternalError,
-    OperationalError,
-    router,
-)
+from django.db import DatabaseError, router
+
+from accounts.middleware import DATABASE_UNAVAILABLE
 
 
 class SessionStore(db.SessionStore):
@@ -26,7 +22,7 @@ class SessionStore(db.SessionStore):
         using = router.db_for_write(self.model, instance=session)
         try:
             session.save(force_update=True, using=using)
-        except (OperationalError, InterfaceError, InternalError):
+        except DATABASE_UNAVAILABLE:
             # A locked or unreachable database, not a vanished session: the
             # middleware makes it the 503 page. (Django's own store calls it
             # UpdateError too, and the user gets a 400 that blames a logout.)

@@ -46,9 +46,9 @@ TIMEOUT = aiohttp.ClientTimeout(total=8, sock_connect=3)
 RETRY_BASE_DELAY = 0.5
 # The longest we honour a 429's Ratelimit-Reset before giving up for this run.
 MAX_RETRY_WAIT = 30.0
-# Refresh answers without a usable access token, each followed up with the refresh
-# token it did hold, before giving up (twitch.refresh).
-PARTIAL_ANSWERS_FOLLOWED = 3
+# Token answers to one refresh that may lack a usable access token, each followed
+# up with the refresh token it did hold (twitch.refresh).
+MAX_PARTIAL_ANSWERS = 3
 
 KNOWN_SCOPES = frozenset(scope.value for scope in AuthScope)
 
@@ -233,44 +233,45 @@ async def refresh(refresh_token: str) -> TokenGrant:
     An answer with a usable refresh token but no usable access token may mean
     Twitch has rotated ours already: presenting the old one again could end the
     grant. So the new one is presented instead, which both tests it (Twitch
-    rejects a refresh token it never issued) and yields a whole pair.
+    rejects a refresh token it never issued, and then ours still stands) and
+    yields a whole pair. When that cannot be done, the grant comes back with an
+    empty access token: its refresh token is the newest Twitch handed out, to be
+    kept and refreshed again.
     """
-    following_up = False
-    for _ in range(PARTIAL_ANSWERS_FOLLOWED):
-        try:
-            body = await _post_form(
-                "token",
-                {
-                    "client_id": settings.TWITCH_CLIENT_ID,
-                    "client_secret": settings.TWITCH_CLIENT_SECRET,
-                    "grant_type": "refresh_token",
-                    "refresh_token": refresh_token,
-                },
-                credential_words=("refresh token",),
-            )
-        except InvalidCredential:
-            if not following_up:
-                raise
-            # Twitch never issued the refresh token it sent: nothing was
-            # rotated, and the one we hold may be presented again.
-            raise TwitchUnavailable(
-                "Twitch's token endpoint answered without a usable token pair."
-            ) from None
-        except TwitchUnavailable as error:
-            if not following_up:
-                raise
-            raise TwitchUnavailable(
-                "Twitch's token endpoint answered without a usable access token, "
-                f"and following up failed: {error}",
-                retryable=False,
-            ) from None
-        grant = _token_grant(body, partial=True)
+    grant = _token_grant(await _refresh_answer(refresh_token), partial=True)
+    for follow_up in range(1, MAX_PARTIAL_ANSWERS):
         if grant.access_token:
             return grant
-        refresh_token, following_up = grant.refresh_token, True
-    raise TwitchUnavailable(
-        "Twitch's token endpoint kept answering without a usable access token.",
-        retryable=False,
+        try:
+            answer = await _refresh_answer(grant.refresh_token)
+            grant = _token_grant(answer, partial=True)
+        except InvalidCredential:
+            if follow_up == 1:
+                # Twitch never issued the refresh token it sent: nothing was
+                # rotated, and the one we hold may be presented again.
+                raise TwitchUnavailable(
+                    "Twitch's token endpoint answered without a usable token pair."
+                ) from None
+            # Twitch took the one before, so ours is spent, and refused this one.
+            raise TwitchUnavailable(
+                "Twitch's token endpoint answered refresh tokens it then refused.",
+                retryable=False,
+            ) from None
+        except TwitchError:
+            return grant  # unconfirmed, but the best refresh token there is
+    return grant
+
+
+async def _refresh_answer(refresh_token: str) -> dict[str, Any]:
+    return await _post_form(
+        "token",
+        {
+            "client_id": settings.TWITCH_CLIENT_ID,
+            "client_secret": settings.TWITCH_CLIENT_SECRET,
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+        },
+        credential_words=("refresh token",),
     )
 
 
@@ -706,8 +707,13 @@ def _token_grant(body: dict[str, Any], *, partial: bool = False) -> TokenGrant:
         scopes = _scopes(body.get("scope"), endpoint="token")
     except TwitchUnavailable:
         scopes = None  # the pair is still Twitch's answer: validation says
+    if not _is_token(access_token):
+        # Its lifetime, if any, is the missing token's: this grant is due now.
+        return TokenGrant(
+            access_token="", refresh_token=refresh_token, expires_in=None, scopes=scopes
+        )
     return TokenGrant(
-        access_token=access_token if _is_token(access_token) else "",
+        access_token=access_token,
         refresh_token=refresh_token,
         expires_in=_expires_in(body.get("expires_in"), allow_zero=False),
         scopes=scopes,

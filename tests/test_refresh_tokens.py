@@ -415,15 +415,21 @@ def test_an_undecryptable_token_fails_without_stopping_the_others(
 # --- Twitch as strict and odd as it really is ---------------------------------------
 
 FAKE_ACCESS, FAKE_REFRESH = "a" * 30, "b" * 50
-# Answers that are no token pair: retried like any nonsense, three attempts in all
-# (those with a usable refresh token: followed up with it, three answers in all).
+# Answers without a usable refresh token: retried like any nonsense, three attempts.
 UNUSABLE_ANSWERS = {
-    "access-token-null": {"access_token": None, "refresh_token": FAKE_REFRESH},
-    "access-token-empty": {"access_token": "", "refresh_token": FAKE_REFRESH},
     "refresh-token-number": {"access_token": FAKE_ACCESS, "refresh_token": 12345},
     "refresh-token-missing": {"access_token": FAKE_ACCESS, "expires_in": 14400},
-    "token-with-nul": {"access_token": "ab\u0000cd", "refresh_token": FAKE_REFRESH},
+    "refresh-token-with-nul": {"access_token": FAKE_ACCESS, "refresh_token": "a\u0000"},
     "a-list": [1, 2, 3],
+}
+# A refresh token but no usable access token: the refresh token is presented next.
+PARTIAL_ANSWERS = {
+    "access-token-null": {"access_token": None, "refresh_token": FAKE_REFRESH},
+    "access-token-empty": {"access_token": "", "refresh_token": FAKE_REFRESH},
+    "access-token-with-nul": {
+        "access_token": "ab\u0000cd",
+        "refresh_token": FAKE_REFRESH,
+    },
 }
 # Well-formed tokens with a useless lifetime: validating the access token says
 # whether Twitch really issued them (here it did not), so they are not retried.
@@ -473,6 +479,70 @@ def test_a_malformed_token_answer_costs_only_that_token(
         assert sandbox.is_refresh_token_valid(token.refresh_token)
         assert token.last_refreshed_at is not None
     assert not TwitchToken.objects.filter(claimed_until__isnull=False).exists()
+
+
+@pytest.mark.parametrize("answer", PARTIAL_ANSWERS.values(), ids=PARTIAL_ANSWERS)
+def test_a_refresh_token_twitch_never_issued_is_found_out_and_ours_refreshed(
+    alice, sandbox, answer
+):
+    token = expiring(make_token(alice, sandbox))
+    sandbox.fail("token", status=200, body=answer, times=1)
+
+    output = refresh_tokens("--no-validate")
+
+    # Presented, the sent refresh token was refused: ours was never rotated, so
+    # it was presented again, for a real pair.
+    assert output.startswith("refreshed 1,")
+    assert [r.form["refresh_token"] for r in sandbox.requests] == [
+        token.refresh_token,
+        FAKE_REFRESH,
+        token.refresh_token,
+    ]
+    token.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(token.refresh_token)
+
+
+def test_a_follow_up_that_fails_keeps_the_newest_refresh_token_for_the_next_run(
+    alice, sandbox
+):
+    token = expiring(make_token(alice, sandbox))
+    sandbox.alter("token", set={"access_token": None}, times=1)  # rotated for real
+    sandbox.fail("token", status=503, times=1)  # the follow-up
+
+    with pytest.raises(CommandError):
+        refresh_tokens("--no-validate")
+
+    # Not the old one again (Twitch would end the grant): the new one, due now.
+    kept = TwitchToken.objects.get(pk=token.pk)
+    assert kept.refresh_token != token.refresh_token
+    assert sandbox.is_refresh_token_valid(kept.refresh_token)
+    assert kept.access_token == "" and kept.expires_at <= timezone.now()
+    assert "no usable access token" in kept.last_error
+    assert sandbox.count("token") == 2
+
+    assert refresh_tokens("--no-validate").startswith("refreshed 1,")
+    kept.refresh_from_db()
+    assert sandbox.is_refresh_token_valid(kept.refresh_token)
+    assert kept.access_token in sandbox.live_tokens(kept.login).access
+
+
+def test_a_later_refused_follow_up_does_not_present_the_spent_refresh_token_again(
+    alice, sandbox
+):
+    token = expiring(make_token(alice, sandbox))
+    sandbox.alter("token", set={"access_token": None}, times=1)  # rotated for real
+    # So was the one it sent, but what came back is not Twitch's:
+    sandbox.alter(
+        "token", set={"access_token": None, "refresh_token": FAKE_REFRESH}, times=1
+    )
+
+    with pytest.raises(CommandError):
+        refresh_tokens("--no-validate")
+
+    assert sandbox.count("token") == 3  # not a fourth, with the spent one
+    assert sandbox.live_tokens(token.login).refresh  # the grant itself lives on
+    token.refresh_from_db()
+    assert token.status == TwitchToken.Status.ACTIVE and token.last_error
 
 
 def test_an_error_while_storing_one_result_keeps_every_other_rotated_token(

@@ -4,6 +4,7 @@ handler (twitchauth_site/sqlite/base.py)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -108,21 +109,25 @@ def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
     assert str(errors[0]) == "database is locked"
 
 
-def test_a_transaction_sqlite_rolled_back_by_itself_does_not_wait_on_its_own_turn():
+def test_a_write_after_sqlite_rolled_back_by_itself_fails_at_once_and_whole():
     # As after a full disk or an I/O error: SQLite ends the transaction, Django's
-    # atomic block goes on. Its next write must not queue behind itself.
+    # atomic block goes on. Its next write must neither queue behind its own turn
+    # nor commit on its own, half of the block.
     def rolled_back_then_written() -> None:
         # This thread's connection only: the settings dict itself is shared.
-        options = {**connection.settings_dict["OPTIONS"], "timeout": 0.2}
+        options = {**connection.settings_dict["OPTIONS"], "timeout": 5}
         connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
         with transaction.atomic():
             User.objects.create(username="first")
             connection.connection.execute("ROLLBACK")  # behind Django's back
-
-            User.objects.create(username="second")  # not "database is locked"
+            started = time.monotonic()
+            try:
+                User.objects.create(username="second")
+            finally:
+                assert time.monotonic() - started < 1
 
     thread, errors = in_thread(rolled_back_then_written)
     thread.join(timeout=10)
 
-    assert errors == []
-    assert list(User.objects.values_list("username", flat=True)) == ["second"]
+    assert len(errors) == 1 and isinstance(errors[0], OperationalError)
+    assert not User.objects.exists()

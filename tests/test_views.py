@@ -874,3 +874,4 @@ async def test_a_session_the_database_cannot_save_is_a_503_with_a_sentence(
     assert response.status_code == 503
     assert "database is not answering" in page(response)
     assert "Location" not in response  # no trip to Twitch with an unsaved state
+    assert "no-store" in response["Cache-Control"]

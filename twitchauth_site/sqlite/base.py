@@ -55,13 +55,14 @@ class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
 
     def _queues(self, query: str) -> bool:
         # A write outside a transaction is a transaction of its own: it queues
-        # too. Inside one, the transaction holds the turn already, even after
-        # SQLite has rolled it back by itself (then the write fails at once).
-        return (
-            not self.owner._holds_turn
-            and not self.connection.in_transaction
-            and _WRITE.match(query) is not None
-        )
+        # too. Inside one, the transaction holds the turn already.
+        if self.connection.in_transaction or not _WRITE.match(query):
+            return False
+        if self.owner._holds_turn:
+            # Django's transaction is open but SQLite rolled it back by itself (a
+            # full disk, an I/O error): writing now would commit half of it.
+            raise OperationalError("the transaction was rolled back by SQLite")
+        return True
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
