@@ -7,10 +7,12 @@ disconnects the app, with a signed webhook (twitch-oauth.md, section 6).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +38,9 @@ SUBSCRIPTION_VERSION = "1"
 # at least that long. A little leeway the other way for clocks that differ.
 MAX_AGE = timedelta(minutes=10)
 MAX_CLOCK_SKEW = timedelta(minutes=1)
+# Twitch wants its webhook answered within a few seconds: asking it about recent
+# connections (a late redelivery) may take this long in all.
+RECONNECT_CHECK_BUDGET = 2.0  # seconds
 # A subscription in these states exists (or is about to): subscribing again would
 # be a duplicate.
 LIVE_STATUSES = frozenset({"enabled", "webhook_callback_verification_pending"})
@@ -147,11 +152,13 @@ async def _reconnected_since(message: Message) -> set[int]:
         events__created_at__gte=timezone.now() - MAX_AGE,
     ).distinct()
     keep = set()
+    deadline = time.monotonic() + RECONNECT_CHECK_BUDGET
     async for token in recent:
         try:
-            await twitch.validate(token.access_token)
-        except twitch.TwitchError:
-            continue  # dead, or Twitch cannot say: the signed message wins
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await twitch.validate(token.access_token)
+        except (twitch.TwitchError, TimeoutError):
+            continue  # dead, or Twitch cannot say in time: the signed message wins
         keep.add(token.pk)
     return keep
 

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -304,6 +305,27 @@ async def test_a_late_redelivery_spares_a_connection_made_after_the_disconnect(
     assert (await post(raw, headers)).status_code == 204
 
     assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+
+
+async def test_a_late_redelivery_is_answered_in_time_when_twitch_cannot_say(
+    alice, sandbox, monkeypatch
+):
+    from accounts import eventsub
+
+    monkeypatch.setattr(eventsub, "RECONNECT_CHECK_BUDGET", 0.3)
+    token = await amake_token(alice, sandbox)
+    await TokenEvent.objects.acreate(
+        token=token, action="connect", outcome="succeeded", source="user"
+    )
+    sandbox.hang("validate")  # the seam alone would wait 8 s
+    raw, headers = signed(revoke_notification(token.twitch_user_id))
+
+    started = time.monotonic()
+    assert (await post(raw, headers)).status_code == 204
+    assert time.monotonic() - started < 2
+
+    # Twitch could not vouch for the connection in time: the signed message wins.
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED
 
 
 async def test_a_recent_connection_twitch_no_longer_accepts_is_revoked(alice, sandbox):
