@@ -502,23 +502,34 @@ def test_a_refresh_token_twitch_never_issued_is_found_out_and_ours_refreshed(
     assert sandbox.is_refresh_token_valid(token.refresh_token)
 
 
-def test_a_follow_up_that_fails_keeps_the_newest_refresh_token_for_the_next_run(
-    alice, sandbox
-):
-    token = expiring(make_token(alice, sandbox))
+def follow_up_fails(sandbox) -> None:
     sandbox.alter("token", set={"access_token": None}, times=1)  # rotated for real
     sandbox.fail("token", status=503, times=1)  # the follow-up
+
+
+def every_answer_partial(sandbox) -> None:
+    sandbox.alter("token", set={"access_token": None}, times=3)  # each for real
+
+
+@pytest.mark.parametrize(
+    ("faults", "requests"), [(follow_up_fails, 2), (every_answer_partial, 3)]
+)
+def test_a_follow_up_that_fails_keeps_the_newest_refresh_token_for_the_next_run(
+    alice, sandbox, faults, requests
+):
+    token = expiring(make_token(alice, sandbox))
+    faults(sandbox)
 
     with pytest.raises(CommandError):
         refresh_tokens("--no-validate")
 
-    # Not the old one again (Twitch would end the grant): the new one, due now.
+    # Not the old one again (Twitch would end the grant): the newest, due now.
     kept = TwitchToken.objects.get(pk=token.pk)
     assert kept.refresh_token != token.refresh_token
     assert sandbox.is_refresh_token_valid(kept.refresh_token)
     assert kept.access_token == "" and kept.expires_at <= timezone.now()
     assert "no usable access token" in kept.last_error
-    assert sandbox.count("token") == 2
+    assert sandbox.count("token") == requests
 
     assert refresh_tokens("--no-validate").startswith("refreshed 1,")
     kept.refresh_from_db()
