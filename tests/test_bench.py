@@ -23,4 +23,4 @@ def test_the_callback_benchmark_runs_four_people_through_connect_without_errors(
     assert run.returncode == 0, run.stdout + run.stderr
     row = run.stdout.strip().splitlines()[-1].split()
     assert row[0] == "4" and int(row[4]) == 12  # K, flows
-    assert row[10] == "0"  # errors
+    assert row[11] == "0"  # errors
