@@ -103,6 +103,7 @@ class InvalidCredential(TwitchRejected):
 class TokenGrant:
     """What the token endpoint hands out for a code or a refresh token."""
 
+    # "" when a refresh answer held none that is usable (see `refresh`).
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
     # None when Twitch left it out (old client ids) or sent something unusable:

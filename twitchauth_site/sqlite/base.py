@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from django.db import OperationalError
@@ -42,16 +42,15 @@ class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
     owner: DatabaseWrapper
 
     def execute(self, query: str, params: Any = None) -> Any:
-        if not self._queues(query):
-            return super().execute(query, params)
-        with _turn(self.owner._timeout):
+        with self._turn_for(query):
             return super().execute(query, params)
 
     def executemany(self, query: str, param_list: Any) -> Any:
-        if not self._queues(query):
+        with self._turn_for(query):
             return super().executemany(query, param_list)
-        with _turn(self.owner._timeout):
-            return super().executemany(query, param_list)
+
+    def _turn_for(self, query: str) -> AbstractContextManager[None]:
+        return _turn(self.owner._timeout) if self._queues(query) else nullcontext()
 
     def _queues(self, query: str) -> bool:
         # A write outside a transaction is a transaction of its own: it queues
