@@ -14,6 +14,9 @@ per flow is read from /proc of its worker processes.
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench python bench/callback.py
     python bench/callback.py --repeat 3 --seconds 10  # each setting 3 times, medians
     python bench/callback.py --smoke                  # CI: K 4, a few flows, no errors
+    python bench/callback.py --reference              # the practical ceiling: a
+                                                      # site that only does the two
+                                                      # round trips (reference_site.py)
 
 Everything (sandbox, site, load driver) shares one machine; the sandbox and the
 driver are asyncio processes that cost little, but they are not free.
@@ -65,6 +68,11 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="K 4, three flows each; fail on errors"
     )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="serve bench/reference_site.py instead: the practical ceiling",
+    )
     args = parser.parse_args()
     users = args.k or ([4] if args.smoke else [1, 16, 64])
     latencies = args.latency or ([0.01] if args.smoke else [0.0, 0.1])
@@ -74,14 +82,20 @@ def main() -> None:
         site = f"http://localhost:{site_port}"
         sandbox_base = f"http://127.0.0.1:{sandbox_port}/"
         env = _environment(sandbox_base, site, Path(scratch))
-        _prepare_database(env, max(users))
+        if args.reference:
+            app, database = "reference_site:application", "reference"
+            app_dir = ["--app-dir", str(ROOT / "bench")]
+        else:
+            _prepare_database(env, max(users))
+            app, app_dir = "twitchauth_site.asgi:application", []
+            database = "PostgreSQL" if "postgres" in env["DATABASE_URL"] else "SQLite"
         sandbox = _start(
             [sys.executable, "-m", "twitch_sandbox", "--port", str(sandbox_port)]
             + ["--redirect-uri", f"{site}/twitch/callback/"],
             env,
         )
         server = _start(
-            [sys.executable, "-m", "uvicorn", "twitchauth_site.asgi:application"]
+            [sys.executable, "-m", "uvicorn", app, *app_dir]
             + ["--port", str(site_port), "--workers", str(args.workers)]
             + ["--log-level", "warning", "--no-access-log"],
             env,
@@ -89,7 +103,6 @@ def main() -> None:
         try:
             _wait_until_listening(sandbox_port)
             _wait_until_listening(site_port)
-            database = "PostgreSQL" if "postgres" in env["DATABASE_URL"] else "SQLite"
             print(
                 f"{'K':>3} {'L ms':>5} {'W':>2} {'database':>10} {'flows':>6} "
                 f"{'flows/s':>7} {'of max':>6} {'p50 ms':>7} {'p95 ms':>7} "
