@@ -3,6 +3,7 @@ handler (twitchauth_site/sqlite/base.py)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,12 @@ def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseExce
     thread = threading.Thread(target=run)
     thread.start()
     return thread, errors
+
+
+def with_timeout(seconds: float) -> None:
+    """This thread's connection only: the settings dict itself is shared."""
+    options = {**connection.settings_dict["OPTIONS"], "timeout": seconds}
+    connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
 
 
 def never_waits_inside_sqlite() -> None:
@@ -92,9 +99,7 @@ def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
     in_transaction, may_commit = threading.Event(), threading.Event()
 
     def impatient_write() -> None:
-        # This thread's connection only: the settings dict itself is shared.
-        options = {**connection.settings_dict["OPTIONS"], "timeout": 0.2}
-        connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
+        with_timeout(0.2)
         in_transaction.wait(timeout=10)
         User.objects.create(username="second")
 
@@ -114,9 +119,7 @@ def test_a_write_after_sqlite_rolled_back_by_itself_fails_at_once_and_whole():
     # atomic block goes on. Its next write must neither queue behind its own turn
     # nor commit on its own, half of the block.
     def rolled_back_then_written() -> None:
-        # This thread's connection only: the settings dict itself is shared.
-        options = {**connection.settings_dict["OPTIONS"], "timeout": 5}
-        connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
+        with_timeout(5)
         with transaction.atomic():
             User.objects.create(username="first")
             connection.connection.execute("ROLLBACK")  # behind Django's back
@@ -131,3 +134,50 @@ def test_a_write_after_sqlite_rolled_back_by_itself_fails_at_once_and_whole():
 
     assert len(errors) == 1 and isinstance(errors[0], OperationalError)
     assert not User.objects.exists()
+
+
+def test_waiting_for_the_turn_and_for_another_process_stays_within_the_timeout():
+    # Another process (cron, the other worker) holds SQLite's write lock
+    # throughout. A writer of this process holds the turn for 0.6 s, waiting on
+    # it; the next writer, with a 1 s timeout, must give up after 1 s in all, not
+    # 0.6 s for its turn and then 1 s more inside SQLite.
+    other_process = sqlite3.connect(connection.settings_dict["NAME"])
+    other_process.isolation_level = None
+    other_process.execute("BEGIN IMMEDIATE")
+    took_turn = threading.Event()
+    waited: list[float] = []
+    busy_wait_after: list[int] = []
+
+    def first_writer() -> None:
+        with_timeout(0.6)
+        connection.ensure_connection()
+        took_turn.set()
+        User.objects.create(username="first")
+
+    def next_writer() -> None:
+        with_timeout(1)
+        connection.ensure_connection()
+        took_turn.wait(timeout=10)
+        started = time.monotonic()
+        try:
+            User.objects.create(username="next")
+        finally:
+            waited.append(time.monotonic() - started)
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA busy_timeout")
+                busy_wait_after.append(cursor.fetchone()[0])
+
+    try:
+        first, first_errors = in_thread(first_writer)
+        took_turn.wait(timeout=10)
+        time.sleep(0.05)  # the first writer is at its turn, or inside SQLite
+        second, second_errors = in_thread(next_writer)
+        first.join(timeout=10)
+        second.join(timeout=10)
+    finally:
+        other_process.execute("ROLLBACK")
+        other_process.close()
+
+    assert [str(e) for e in first_errors + second_errors] == ["database is locked"] * 2
+    assert 0.9 < waited[0] < 1.3
+    assert busy_wait_after == [1000], "the next write would wait less than its timeout"

@@ -4,13 +4,16 @@ SQLite has one writer at a time. A connection that finds the write lock taken
 retries in SQLite's busy handler, whose naps grow to 100 ms; under a crowd the
 writers that have waited longest nap while newcomers take the lock, and a few
 requests wait seconds. Here a process's writers queue on one lock, each woken the
-moment the one before it is done, so at most one per process waits inside SQLite.
+moment the one before it is done, so at most one per process waits inside SQLite,
+for writers in other processes (cron, the other workers). The two waits together
+stay within the database's timeout.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -21,21 +24,9 @@ from django.db.backends.sqlite3 import base
 # Every connection of this process, on every thread, shares it.
 _writer = threading.Lock()
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
-
-
-def _take_turn(timeout: float) -> None:
-    if not _writer.acquire(timeout=timeout):
-        # What SQLite itself says when its own busy timeout runs out.
-        raise OperationalError("database is locked")
-
-
-@contextmanager
-def _turn(timeout: float) -> Iterator[None]:
-    _take_turn(timeout)
-    try:
-        yield
-    finally:
-        _writer.release()
+# A wait for the turn shorter than this leaves SQLite's busy wait as it is: not
+# worth two PRAGMAs.
+_NOTICEABLE_WAIT = 0.05
 
 
 class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
@@ -50,7 +41,7 @@ class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
             return super().executemany(query, param_list)
 
     def _turn_for(self, query: str) -> AbstractContextManager[None]:
-        return _turn(self.owner._timeout) if self._queues(query) else nullcontext()
+        return self.owner._turn() if self._queues(query) else nullcontext()
 
     def _queues(self, query: str) -> bool:
         # A write outside a transaction is a transaction of its own: it queues
@@ -66,6 +57,7 @@ class SQLiteCursorWrapper(base.SQLiteCursorWrapper):
 
 class DatabaseWrapper(base.DatabaseWrapper):
     _holds_turn = False
+    _busy_wait_shortened = False
 
     @property
     def _timeout(self) -> float:
@@ -76,10 +68,50 @@ class DatabaseWrapper(base.DatabaseWrapper):
         cursor.owner = self
         return cursor
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """A write outside a transaction: its turn lasts as long as it does."""
+        self._take_turn()
+        try:
+            yield
+        finally:
+            self._end_turn()
+
+    def _take_turn(self) -> None:
+        timeout = self._timeout
+        started = time.monotonic()
+        if not _writer.acquire(timeout=timeout):
+            # What SQLite itself says when its own busy timeout runs out.
+            raise OperationalError("database is locked")
+        self._holds_turn = True
+        waited = time.monotonic() - started
+        if waited > _NOTICEABLE_WAIT:
+            # Then SQLite waits for other processes' writers: only for what is
+            # left of the timeout, or the two waits add up to twice the timeout.
+            self._busy_wait_shortened = True
+            try:
+                self._set_busy_wait(max(timeout - waited, 0.0))
+            except BaseException:
+                self._end_turn()
+                raise
+
+    def _end_turn(self) -> None:
+        if not self._holds_turn:
+            return
+        self._holds_turn = False
+        try:
+            if self._busy_wait_shortened:
+                self._busy_wait_shortened = False
+                self._set_busy_wait(self._timeout)
+        finally:
+            _writer.release()
+
+    def _set_busy_wait(self, seconds: float) -> None:
+        self.connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     def _start_transaction_under_autocommit(self) -> None:
         # Transactions begin IMMEDIATE (they take the write lock): queue first.
-        _take_turn(self._timeout)
-        self._holds_turn = True
+        self._take_turn()
         try:
             super()._start_transaction_under_autocommit()
         except BaseException:
@@ -99,12 +131,10 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._end_turn()
 
     def _close(self) -> None:
+        # A closed connection's busy wait needs no restoring; the next one
+        # starts with the whole timeout.
+        self._busy_wait_shortened = False
         try:
             super()._close()
         finally:
             self._end_turn()
-
-    def _end_turn(self) -> None:
-        if self._holds_turn:
-            self._holds_turn = False
-            _writer.release()
