@@ -15,10 +15,10 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
-from django.db import OperationalError
+from django.db import DatabaseError, OperationalError
 from django.db.backends.sqlite3 import base
 
 # Every connection of this process, on every thread, shares it.
@@ -102,12 +102,16 @@ class DatabaseWrapper(base.DatabaseWrapper):
         try:
             if self._busy_wait_shortened:
                 self._busy_wait_shortened = False
-                self._set_busy_wait(self._timeout)
+                # After a commit: a failure here must not make it look failed. Only
+                # a closed connection refuses, and its successor starts afresh.
+                with suppress(DatabaseError):
+                    self._set_busy_wait(self._timeout)
         finally:
             _writer.release()
 
     def _set_busy_wait(self, seconds: float) -> None:
-        self.connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+        with self.wrap_database_errors:
+            self.connection.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
     def _start_transaction_under_autocommit(self) -> None:
         # Transactions begin IMMEDIATE (they take the write lock): queue first.
@@ -131,9 +135,6 @@ class DatabaseWrapper(base.DatabaseWrapper):
             self._end_turn()
 
     def _close(self) -> None:
-        # A closed connection's busy wait needs no restoring; the next one
-        # starts with the whole timeout.
-        self._busy_wait_shortened = False
         try:
             super()._close()
         finally:
