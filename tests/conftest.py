@@ -28,6 +28,9 @@ from accounts import twitch
 from accounts.models import TwitchToken
 from twitch_sandbox import Sandbox
 
+# A failing test's report blanks the sandbox's tokens: they are credentials.
+pytest_plugins = ["tests.redaction"]
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 CLIENT_ID = "sandbox-client-id"
 CLIENT_SECRET = "sandbox-client-secret"
