@@ -17,7 +17,7 @@ from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
 from accounts import crypto
-from accounts.services import KNOWN_SCOPES
+from accounts.twitch import KNOWN_SCOPES
 
 
 @checks.register(checks.Tags.security)
@@ -253,25 +253,27 @@ def check_eventsub(**kwargs: Any) -> list[checks.CheckMessage]:
 # checks also look at INSTALLED_APPS, so they warn either way: W010, not W012.)
 
 W008 = checks.Warning(
-    "Neither accounts.middleware.SecurityMiddleware nor Django's SecurityMiddleware "
+    "Neither accounts.web.middleware.SecurityMiddleware nor Django's "
+    "SecurityMiddleware "
     "is in MIDDLEWARE, so SECURE_HSTS_SECONDS, SECURE_CONTENT_TYPE_NOSNIFF, "
     "SECURE_REFERRER_POLICY, SECURE_CROSS_ORIGIN_OPENER_POLICY and "
     "SECURE_SSL_REDIRECT have no effect.",
-    hint="Put 'accounts.middleware.SecurityMiddleware' first in MIDDLEWARE.",
+    hint="Put 'accounts.web.middleware.SecurityMiddleware' first in MIDDLEWARE.",
     id="accounts.W008",
 )
 W009 = checks.Warning(
-    "Neither accounts.middleware.XFrameOptionsMiddleware nor Django's "
+    "Neither accounts.web.middleware.XFrameOptionsMiddleware nor Django's "
     "XFrameOptionsMiddleware is in MIDDLEWARE, so pages are served without an "
     "X-Frame-Options header and other sites can frame them (clickjacking).",
-    hint="Add 'accounts.middleware.XFrameOptionsMiddleware' to MIDDLEWARE.",
+    hint="Add 'accounts.web.middleware.XFrameOptionsMiddleware' to MIDDLEWARE.",
     id="accounts.W009",
 )
 W010 = checks.Warning(
-    "Neither accounts.middleware.CsrfViewMiddleware nor Django's CsrfViewMiddleware "
+    "Neither accounts.web.middleware.CsrfViewMiddleware nor Django's "
+    "CsrfViewMiddleware "
     "is in MIDDLEWARE, so forms are not protected against cross-site request "
     "forgery.",
-    hint="Add 'accounts.middleware.CsrfViewMiddleware' to MIDDLEWARE, after the "
+    hint="Add 'accounts.web.middleware.CsrfViewMiddleware' to MIDDLEWARE, after the "
     "session middleware.",
     id="accounts.W010",
 )

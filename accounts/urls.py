@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from django.urls import path
 
-from accounts import views
+from accounts.eventsub import views as eventsub
+from accounts.oauth import views as oauth
+from accounts.web import views as web
 
 urlpatterns = [
-    path("", views.home, name="home"),
-    path("twitch/connect/", views.connect, name="twitch_connect"),
-    path("twitch/callback/", views.callback, name="twitch_callback"),
-    path("twitch/disconnect/", views.disconnect, name="twitch_disconnect"),
-    path("twitch/eventsub/", views.eventsub, name="twitch_eventsub"),
-    path("healthz", views.healthz, name="healthz"),
+    path("", web.home, name="home"),
+    path("twitch/connect/", oauth.connect, name="twitch_connect"),
+    path("twitch/callback/", oauth.callback, name="twitch_callback"),
+    path("twitch/disconnect/", oauth.disconnect, name="twitch_disconnect"),
+    path("twitch/eventsub/", eventsub.eventsub, name="twitch_eventsub"),
+    path("healthz", web.healthz, name="healthz"),
 ]

@@ -164,13 +164,13 @@ def test_a_good_eventsub_configuration_passes(settings):
 
 # Our subclasses of Django's middleware, and Django's own path for each.
 DJANGO_PATHS = {
-    "accounts.middleware.SecurityMiddleware": (
+    "accounts.web.middleware.SecurityMiddleware": (
         "django.middleware.security.SecurityMiddleware"
     ),
-    "accounts.middleware.XFrameOptionsMiddleware": (
+    "accounts.web.middleware.XFrameOptionsMiddleware": (
         "django.middleware.clickjacking.XFrameOptionsMiddleware"
     ),
-    "accounts.middleware.CsrfViewMiddleware": (
+    "accounts.web.middleware.CsrfViewMiddleware": (
         "django.middleware.csrf.CsrfViewMiddleware"
     ),
 }
@@ -217,9 +217,9 @@ def test_an_insecure_csrf_cookie_is_reported_at_deploy(settings):
 @pytest.mark.parametrize(
     ("middleware", "warning"),
     [
-        ("accounts.middleware.SecurityMiddleware", "accounts.W008"),
-        ("accounts.middleware.XFrameOptionsMiddleware", "accounts.W009"),
-        ("accounts.middleware.CsrfViewMiddleware", "accounts.W010"),
+        ("accounts.web.middleware.SecurityMiddleware", "accounts.W008"),
+        ("accounts.web.middleware.XFrameOptionsMiddleware", "accounts.W009"),
+        ("accounts.web.middleware.CsrfViewMiddleware", "accounts.W010"),
     ],
 )
 def test_missing_middleware_is_reported_at_deploy(settings, middleware, warning):
@@ -234,7 +234,7 @@ def test_missing_security_middleware_leaves_its_settings_unchecked(settings):
     settings.MIDDLEWARE = [
         path
         for path in settings.MIDDLEWARE
-        if path != "accounts.middleware.SecurityMiddleware"
+        if path != "accounts.web.middleware.SecurityMiddleware"
     ]
     settings.SECURE_SSL_REDIRECT = False
     settings.SECURE_HSTS_SECONDS = 0

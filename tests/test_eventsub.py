@@ -310,7 +310,7 @@ async def test_a_late_redelivery_spares_a_connection_made_after_the_disconnect(
 async def test_a_late_redelivery_is_answered_in_time_when_twitch_cannot_say(
     alice, sandbox, monkeypatch
 ):
-    from accounts import eventsub
+    from accounts.eventsub import webhook as eventsub
 
     monkeypatch.setattr(eventsub, "RECONNECT_CHECK_BUDGET", 0.3)
     token = await amake_token(alice, sandbox)

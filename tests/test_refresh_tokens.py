@@ -19,8 +19,9 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connections
 from django.utils import timezone
 
-from accounts import refreshing, services, signals, twitch
+from accounts import services, signals, twitch
 from accounts.models import TokenEvent, TwitchToken
+from accounts.tokens import engine as refreshing
 from tests.conftest import (
     BASE_DIR,
     database_refuses_token_writes,

@@ -8,7 +8,7 @@ from django.contrib.sessions.backends.base import UpdateError
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from accounts.sessions import SessionStore
+from accounts.web.sessions import SessionStore
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -6,7 +6,7 @@ import stat
 
 from django.conf import settings
 
-from accounts import spool
+from accounts.tokens import spool
 
 ACCESS, REFRESH = "a1" * 15, "r1" * 25
 

@@ -12,7 +12,7 @@ from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest, HttpResponse
 from django.test import AsyncRequestFactory
 
-from accounts import middleware
+from accounts.web import middleware
 
 A_YEAR = 365 * 24 * 60 * 60
 HASHED_STYLESHEET = re.compile(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"')

@@ -14,8 +14,8 @@ from django.contrib.auth.models import User
 from django.test import AsyncClient
 from django.utils import timezone
 
-from accounts import services
 from accounts.models import TokenEvent, TwitchToken
+from accounts.oauth import connect as connecting
 from tests.conftest import (
     adatabase_refuses_token_writes,
     approve_on_twitch,
@@ -767,7 +767,7 @@ async def test_reconnecting_revokes_the_replaced_grant_and_says_so(
     before = await TwitchToken.objects.aget()
 
     await connect_twitch(alice_client, login=second_login)
-    await services.finish_background_work()  # the revoke runs after the answer
+    await connecting.finish_background_work()  # the revoke runs after the answer
 
     after = await TwitchToken.objects.aget()
     assert after.login == second_login
@@ -823,7 +823,7 @@ async def test_a_token_that_does_not_expire_says_so_on_the_home_page(
 async def test_a_refresh_stored_while_disconnecting_is_revoked_too(
     alice_client, sandbox
 ):
-    from accounts import refreshing
+    from accounts.tokens import engine as refreshing
 
     await connect_twitch(alice_client, login="alicestreams")
     token = await TwitchToken.objects.aget()

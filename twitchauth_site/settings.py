@@ -46,27 +46,27 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # Django's and django-csp's own, with their I/O-free hooks run on the event
     # loop (accounts/middleware.py says why); same order, same behaviour.
-    "accounts.middleware.SecurityMiddleware",
+    "accounts.web.middleware.SecurityMiddleware",
     # The site's own static files (WhiteNoise), answered before the session, CSRF
     # and user middleware, which they do not need.
-    "accounts.middleware.StaticFiles",
+    "accounts.web.middleware.StaticFiles",
     # Early, so that every response (error pages included) carries the policy.
-    "accounts.middleware.CSPMiddleware",
-    "accounts.middleware.SessionMiddleware",
-    "accounts.middleware.CommonMiddleware",
-    "accounts.middleware.CsrfViewMiddleware",
-    "accounts.middleware.AuthenticationMiddleware",
-    "accounts.middleware.MessageMiddleware",
-    "accounts.middleware.XFrameOptionsMiddleware",
+    "accounts.web.middleware.CSPMiddleware",
+    "accounts.web.middleware.SessionMiddleware",
+    "accounts.web.middleware.CommonMiddleware",
+    "accounts.web.middleware.CsrfViewMiddleware",
+    "accounts.web.middleware.AuthenticationMiddleware",
+    "accounts.web.middleware.MessageMiddleware",
+    "accounts.web.middleware.XFrameOptionsMiddleware",
     # A database that refuses or does not answer is a 503 page, not a 500.
-    "accounts.middleware.DatabaseUnavailableMiddleware",
+    "accounts.web.middleware.DatabaseUnavailableMiddleware",
     # Last, as django-axes asks: it turns a lockout into our 429 page.
     "axes.middleware.AxesMiddleware",
 ]
 # Django finds its middleware by path, not our subclasses; accounts.W008-W010 do.
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 # Database sessions, each save one statement (accounts/sessions.py).
-SESSION_ENGINE = "accounts.sessions"
+SESSION_ENGINE = "accounts.web.sessions"
 # Messages ("Connected as ...") travel in a signed cookie: no session write for them.
 MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 
@@ -83,7 +83,7 @@ AXES_FAILURE_LIMIT = 5
 AXES_COOLOFF_TIME = timedelta(minutes=15)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
-AXES_LOCKOUT_CALLABLE = "accounts.views.sign_in_locked_out"
+AXES_LOCKOUT_CALLABLE = "accounts.web.views.sign_in_locked_out"
 # The client address is REMOTE_ADDR only: behind a proxy, uvicorn's
 # --proxy-headers with --forwarded-allow-ips set to the proxy's address puts the
 # real client there. Trusting X-Forwarded-For from anyone would let an attacker

@@ -18,7 +18,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accounts import eventsub
+from accounts.eventsub import subscriptions as eventsub
 
 # How long `subscribe` waits for Twitch to verify the callback.
 VERIFICATION_WAIT = 15.0  # seconds

@@ -22,8 +22,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from accounts import refreshing
 from accounts.models import TokenEvent, TwitchToken
+from accounts.tokens import engine
 
 # Tokens live hours; a year covers any real use and stays far from date overflow.
 MAX_WITHIN = 366 * 24 * 60
@@ -99,14 +99,14 @@ class Command(BaseCommand):
                 "Choose one.",
                 returncode=2,
             )
-        plan = refreshing.Plan(
+        plan = engine.Plan(
             refresh=not options["validate_only"],
             refresh_within=None
             if options["all"]
             else timedelta(minutes=options["within"]),
             validate=not options["no_validate"],
         )
-        pks = refreshing.select_due(plan=plan, tokens=self._tokens(options["user"]))
+        pks = engine.select_due(plan=plan, tokens=self._tokens(options["user"]))
 
         if options["dry_run"]:
             self._dry_run(
@@ -116,7 +116,7 @@ class Command(BaseCommand):
 
         progress = self._progress_bar(len(pks)) if self._interactive(options) else None
         try:
-            report = refreshing.maintain_tokens(
+            report = engine.maintain_tokens(
                 pks=pks,
                 plan=plan,
                 source=TokenEvent.Source.COMMAND,
@@ -143,7 +143,7 @@ class Command(BaseCommand):
                 "TOKEN_ENCRYPTION_KEYS (was a key removed before rotate_token_keys?)."
             )
         if not report.handled_all:
-            failed = report.counts[refreshing.Outcome.FAILED] - report.undecryptable
+            failed = report.counts[engine.Outcome.FAILED] - report.undecryptable
             raise CommandError(
                 f"{failed} token(s) could not be handled because Twitch failed; "
                 "the next run retries them."
@@ -166,7 +166,7 @@ class Command(BaseCommand):
         return tokens.filter(user__username__in=usernames)
 
     def _dry_run(
-        self, plan: refreshing.Plan, pks: list[int], *, as_json: bool, verbosity: int
+        self, plan: engine.Plan, pks: list[int], *, as_json: bool, verbosity: int
     ) -> None:
         now = timezone.now()
         tokens = TwitchToken.objects.filter(pk__in=pks).order_by("expires_at")

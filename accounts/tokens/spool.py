@@ -11,7 +11,7 @@ Each run of the refresh engine has one file, which it holds an exclusive `flock`
 for as long as it lives. What it appends reaches the operating system at once, so
 it survives the process being killed (not a power cut: see the README). Before doing
 anything else, the next run (or `twitch_for`) looks for files that no living process
-holds, stores what they say, and deletes them (`services.replay_spool`).
+holds, stores what they say, and deletes them (`accounts.tokens.replay`).
 
 The lock is local to one machine: give each machine its own `TOKEN_SPOOL_DIR`.
 """

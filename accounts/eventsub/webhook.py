@@ -1,8 +1,8 @@
-"""EventSub `user.authorization.revoke`: Twitch tells the site at once when a user
-disconnects the app, with a signed webhook (twitch-oauth.md, section 6).
+"""EventSub's webhook: Twitch tells the site at once when a user disconnects the
+app (`user.authorization.revoke`), with a signed message.
 
-`verify` checks a message before anything else; `handle` acts on it; `subscribe`,
-`unsubscribe` and `subscriptions` manage the subscription with the app token.
+`verify` checks a message before anything else; `handle` acts on it. The
+subscription itself is managed in `accounts.eventsub.subscriptions`.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -24,11 +24,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import signals, twitch
-from accounts.app_token import app_access_token
 from accounts.models import EventSubMessage, EventSubRevocation, TokenEvent, TwitchToken
 from accounts.twitch import TwitchError
 
-__all__ = ["TwitchError", "enabled", "handle", "subscribe", "unsubscribe", "verify"]
+__all__ = ["TwitchError", "enabled", "handle", "verify"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +40,6 @@ MAX_CLOCK_SKEW = timedelta(minutes=1)
 # Twitch wants its webhook answered within a few seconds: asking it about recent
 # connections (a late redelivery) may take this long in all.
 RECONNECT_CHECK_BUDGET = 2.0  # seconds
-# A subscription in these states exists (or is about to): subscribing again would
-# be a duplicate.
-LIVE_STATUSES = frozenset({"enabled", "webhook_callback_verification_pending"})
-
-T = TypeVar("T")
 
 
 def enabled() -> bool:
@@ -234,88 +228,3 @@ def _revocation(body: dict[str, Any]) -> None:
         subscription_type=str(subscription.get("type") or "")[:100],
         reason=reason,
     )
-
-
-# --- Managing the subscription, with the app access token ------------------------
-
-
-async def subscriptions() -> list[dict[str, Any]]:
-    """Every EventSub subscription of this application, as Twitch lists them."""
-    return await _with_app_token(
-        lambda token: twitch.list_eventsub_subscriptions(app_token=token)
-    )
-
-
-async def subscribe(*, replace: bool = False) -> tuple[dict[str, Any], bool]:
-    """The site's `user.authorization.revoke` subscription, created unless a live
-    one already calls TWITCH_EVENTSUB_CALLBACK_URL; returns it and whether it was
-    created. Ours with another callback (the site moved) are deleted first, and so
-    is every one of ours with `replace` (a new secret: Twitch never says which
-    secret a subscription signs with)."""
-    for subscription in await subscriptions():
-        if not _is_ours(subscription):
-            continue
-        if (
-            not replace
-            and _callback(subscription) == settings.TWITCH_EVENTSUB_CALLBACK_URL
-            and subscription.get("status") in LIVE_STATUSES
-        ):
-            return subscription, False
-        await _delete(subscription)
-    created = await _with_app_token(
-        lambda token: twitch.create_eventsub_subscription(
-            app_token=token,
-            subscription_type=SUBSCRIPTION_TYPE,
-            version=SUBSCRIPTION_VERSION,
-            condition={"client_id": settings.TWITCH_CLIENT_ID},
-            callback=settings.TWITCH_EVENTSUB_CALLBACK_URL,
-            secret=settings.TWITCH_EVENTSUB_SECRET,
-        )
-    )
-    return created, True
-
-
-async def unsubscribe() -> int:
-    """Delete the site's `user.authorization.revoke` subscriptions, whatever their
-    callback; how many."""
-    ours = [s for s in await subscriptions() if _is_ours(s)]
-    for subscription in ours:
-        await _delete(subscription)
-    return len(ours)
-
-
-async def _delete(subscription: dict[str, Any]) -> None:
-    await _with_app_token(
-        lambda token: twitch.delete_eventsub_subscription(
-            app_token=token, subscription_id=str(subscription["id"])
-        )
-    )
-
-
-def _is_ours(subscription: dict[str, Any]) -> bool:
-    condition = subscription.get("condition") or {}
-    return (
-        subscription.get("type") == SUBSCRIPTION_TYPE
-        and isinstance(condition, dict)
-        and condition.get("client_id") == settings.TWITCH_CLIENT_ID
-    )
-
-
-def _callback(subscription: dict[str, Any]) -> str:
-    transport = subscription.get("transport") or {}
-    return str(transport.get("callback") or "") if isinstance(transport, dict) else ""
-
-
-async def _with_app_token(call: Callable[[str], Awaitable[T]]) -> T:
-    """Call with the shared app token; once more with a new one if Twitch refuses."""
-    token = await app_access_token()
-    try:
-        return await twitch.with_retries(lambda: call(token))
-    except twitch.InvalidCredential:
-        token = await app_access_token(refused=token)
-        return await twitch.with_retries(lambda: call(token))
-
-
-def run(function: Callable[[], Awaitable[T]]) -> T:
-    """Any of the above from sync code (the `eventsub` command)."""
-    return twitch.run_sync(function)

@@ -30,9 +30,10 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from accounts import refreshing, services
+from accounts import services
 from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
 from accounts.templatetags.twitchauth import expires_in
+from accounts.tokens import engine
 
 SECRETS = ("access_token", "refresh_token")
 BADGE = (
@@ -66,11 +67,11 @@ DATABASE_DOWN = (
     "is kept for the next cron run. Try again in a minute."
 )
 MAINTAIN_LABELS = {
-    refreshing.Outcome.REFRESHED: "refreshed",
-    refreshing.Outcome.VALIDATED: "validated",
-    refreshing.Outcome.NEEDS_RECONNECT: "rejected by Twitch (the user must reconnect)",
-    refreshing.Outcome.FAILED: "failed (see Last error; try again later)",
-    refreshing.Outcome.SKIPPED: "skipped (not active, or busy in another run)",
+    engine.Outcome.REFRESHED: "refreshed",
+    engine.Outcome.VALIDATED: "validated",
+    engine.Outcome.NEEDS_RECONNECT: "rejected by Twitch (the user must reconnect)",
+    engine.Outcome.FAILED: "failed (see Last error; try again later)",
+    engine.Outcome.SKIPPED: "skipped (not active, or busy in another run)",
 }
 
 
@@ -352,7 +353,7 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[TwitchToken]
     ) -> None:
         self._maintain(
-            request, queryset, refreshing.Plan(refresh_within=None, validate=False)
+            request, queryset, engine.Plan(refresh_within=None, validate=False)
         )
 
     @admin.action(permissions=["change"], description="Validate selected tokens now")
@@ -360,19 +361,19 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
         self, request: HttpRequest, queryset: QuerySet[TwitchToken]
     ) -> None:
         self._maintain(
-            request, queryset, refreshing.Plan(refresh=False, validate_after=None)
+            request, queryset, engine.Plan(refresh=False, validate_after=None)
         )
 
     def _maintain(
         self,
         request: HttpRequest,
         queryset: QuerySet[TwitchToken],
-        plan: refreshing.Plan,
+        plan: engine.Plan,
     ) -> None:
         """What `manage.py refresh_tokens` does, to the selected tokens only,
         within about ten seconds: what cannot start in time is left to cron."""
         try:
-            report = refreshing.maintain_tokens(
+            report = engine.maintain_tokens(
                 pks=list(queryset.values_list("pk", flat=True)),
                 plan=plan,
                 source=TokenEvent.Source.STAFF,
@@ -387,8 +388,8 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
             self.message_user(request, DATABASE_DOWN, messages.ERROR)
             return
         troubled = (
-            report.counts[refreshing.Outcome.FAILED]
-            + report.counts[refreshing.Outcome.NEEDS_RECONNECT]
+            report.counts[engine.Outcome.FAILED]
+            + report.counts[engine.Outcome.NEEDS_RECONNECT]
             + report.left
         )
         message = _summary(report.counts, MAINTAIN_LABELS)

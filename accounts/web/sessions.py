@@ -6,7 +6,7 @@ from django.contrib.sessions.backends import db
 from django.contrib.sessions.backends.base import UpdateError
 from django.db import DatabaseError, router
 
-from accounts.middleware import DATABASE_UNAVAILABLE
+from accounts.web.middleware import DATABASE_UNAVAILABLE
 
 
 class SessionStore(db.SessionStore):

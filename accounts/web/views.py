@@ -1,0 +1,99 @@
+"""The signed-in user's home page, `/healthz`, and the sign-in lockout page."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from axes.helpers import get_client_username, get_cool_off
+from axes.models import AccessAttempt
+from django.db import DatabaseError, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from accounts import services
+from accounts.checks import check_encryption_keys
+from accounts.models import TwitchToken
+from accounts.web.pages import arender, login_required
+
+
+# Pages about a user's connection are never kept by browsers or proxies.
+@require_GET
+@login_required
+@never_cache
+async def home(request: HttpRequest) -> HttpResponse:
+    token = await services.connection_for(user=await request.auser())
+    return await arender(request, "accounts/home.html", {"token": token})
+
+
+def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    """django-axes' lockout answer: 429, Retry-After, and a sentence.
+
+    Called with varying arguments by axes' sync and async paths, so it reads what it
+    needs from the request.
+    """
+    username = get_client_username(request, getattr(request, "axes_credentials", None))
+    cool_off = get_cool_off(request) or timedelta(minutes=15)
+    last = (
+        AccessAttempt.objects.filter(
+            username=username, ip_address=getattr(request, "axes_ip_address", None)
+        )
+        .order_by("-attempt_time")
+        .values_list("attempt_time", flat=True)
+        .first()
+    )
+    remaining = (last + cool_off - timezone.now()) if last else cool_off
+    seconds = max(1, math.ceil(remaining.total_seconds()))
+    minutes = math.ceil(seconds / 60)
+    response = render(
+        request,
+        "accounts/failure.html",
+        {
+            "title": "Too many sign-in attempts",
+            "sentence": (
+                "Too many failed sign-in attempts for this account from your "
+                f"address. Please try again in {minutes} minute"
+                f"{'' if minutes == 1 else 's'}."
+            ),
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(seconds)
+    return response
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database answers and the stored tokens can be decrypted;
+    otherwise 503, naming what is wrong (for load balancers and monitoring)."""
+    keys = "ok" if not check_encryption_keys() else "misconfigured"
+    try:
+        # A raw cursor has no async API.
+        tokens = await sync_to_async(_ping_database)()
+    except DatabaseError:
+        body = {"status": "error", "database": "unavailable", "keys": keys}
+        return JsonResponse(body, status=503)
+    body = {"status": "ok", "database": "ok", "keys": keys, "tokens": tokens}
+    if keys != "ok" or tokens != "ok":
+        body["status"] = "error"
+        return JsonResponse(body, status=503)
+    return JsonResponse(body)
+
+
+def _ping_database() -> str:
+    """Ask the database, and try to decrypt the most recently written token."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    latest = (
+        TwitchToken.objects.active()
+        .exclude(refresh_token="")
+        .order_by("-updated_at")
+        .only("access_token", "refresh_token")
+        .first()
+    )
+    return "undecryptable" if latest and latest.is_undecryptable else "ok"
