@@ -22,6 +22,7 @@ from django.utils import timezone
 from accounts import services, signals, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens import engine as refreshing
+from accounts.tokens import replay, results, store
 from tests.conftest import (
     BASE_DIR,
     database_refuses_token_writes,
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch):
-    monkeypatch.setattr(twitch, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(twitch.http, "RETRY_BASE_DELAY", 0.01)
 
 
 def refresh_tokens(*args: str) -> str:
@@ -167,7 +168,7 @@ def test_a_timeout_is_retried_and_a_later_success_is_stored(
 ):
     import aiohttp
 
-    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.3))
+    monkeypatch.setattr(twitch.http, "TIMEOUT", aiohttp.ClientTimeout(total=0.3))
     token = expiring(make_token(alice, sandbox))
     sandbox.hang("token", times=1)
 
@@ -329,24 +330,26 @@ def test_a_token_refreshed_by_site_code_meanwhile_is_not_marked_needs_reconnect(
     alice, sandbox
 ):
     token = expiring(make_token(alice, sandbox))
-    (claimed,) = refreshing._claim([token.pk], plan=refreshing.Plan())
+    (claimed,) = store.claim([token.pk], plan=refreshing.Plan())
     # Site code (twitch_for) stores a fresh pair while the run holds the old one...
     fresh = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
     TwitchToken.objects.filter(pk=token.pk).update(refresh_token=fresh["refresh_token"])
     # ...so Twitch's "invalid refresh token" for the old one means nothing.
-    result = refreshing._Result(
-        token=claimed,
-        lease=claimed.claimed_until,
+    findings = results.Findings(
+        results.Verdict.DEAD_GRANT,
         refresh=TokenEvent.Outcome.REJECTED,
         error="Invalid refresh token",
     )
+    result = results.Result(claimed, claimed.claimed_until, findings)
 
-    refreshing._store_results([result], source=TokenEvent.Source.COMMAND, actor=None)
+    (stored,) = store.store_results(
+        [result], source=TokenEvent.Source.COMMAND, actor=None
+    )
 
     token.refresh_from_db()
     assert token.status == TwitchToken.Status.ACTIVE
     assert token.refresh_token == fresh["refresh_token"]
-    assert result.outcome is refreshing.Outcome.SKIPPED
+    assert results.outcome(findings, stored) is results.Outcome.SKIPPED
 
 
 @pytest.mark.django_db(transaction=True)
@@ -563,14 +566,14 @@ def test_an_error_while_storing_one_result_keeps_every_other_rotated_token(
         expiring(make_token(alice, sandbox)),
         expiring(make_token(bob, sandbox)),
     )
-    changes = refreshing._changes
+    changes = store.changes_for
 
     def changes_but_choke_on_alice(result, **kwargs):
         if result.token.pk == alices.pk:
             raise RuntimeError("a bug while storing")
         return changes(result, **kwargs)
 
-    monkeypatch.setattr(refreshing, "_changes", changes_but_choke_on_alice)
+    monkeypatch.setattr(store, "changes_for", changes_but_choke_on_alice)
     with pytest.raises(CommandError):
         refresh_tokens("--no-validate")
 
@@ -958,7 +961,7 @@ async def test_a_run_stopped_while_validating_a_new_pair_keeps_it_for_the_next(
         await run
     sandbox.clear_faults()
 
-    await refreshing.areplay_spool(source=TokenEvent.Source.COMMAND)
+    await replay.areplay_spool(source=TokenEvent.Source.COMMAND)
 
     stored = await TwitchToken.objects.aget(pk=token.pk)
     assert stored.refresh_token != token.refresh_token
@@ -973,7 +976,7 @@ def test_a_claim_that_fails_midway_still_stores_what_was_refreshed(
         expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
         for n in range(15)
     ]
-    claim, calls = refreshing._claim, []
+    claim, calls = store.claim, []
 
     def claim_then_fail(pks, **kwargs):
         calls.append(pks)
@@ -981,7 +984,7 @@ def test_a_claim_that_fails_midway_still_stores_what_was_refreshed(
             raise DatabaseError("the database went away")
         return claim(pks, **kwargs)
 
-    monkeypatch.setattr(refreshing, "_claim", claim_then_fail)
+    monkeypatch.setattr(store, "claim", claim_then_fail)
     with pytest.raises(CommandError):
         refresh_tokens("--no-validate", "--concurrency", "1")
 
@@ -1005,8 +1008,8 @@ def test_given_up_results_do_not_stall_the_run(django_user_model, sandbox, monke
     ]
     monkeypatch.setattr(refreshing, "MAX_UNSTORED", 1)
     monkeypatch.setattr(
-        refreshing,
-        "_changes",
+        store,
+        "changes_for",
         lambda result, **kwargs: (_ for _ in ()).throw(RuntimeError("a bug")),
     )
     done = threading.Event()

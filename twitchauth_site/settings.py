@@ -236,8 +236,17 @@ if DEBUG and not TOKEN_ENCRYPTION_KEYS:
         base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()
     ]
 
+# Twitch requires every kept token to be validated at least once an hour, and audits
+# it. `refresh_tokens` validates a token once this many minutes have passed since its
+# last validation: 40, with cron every 15 minutes or more often, keeps every gap at or
+# under 55 minutes (README, "Keeping tokens alive"). accounts.E010 refuses 60 or more.
+TOKEN_VALIDATE_AFTER = timedelta(
+    minutes=env.int("TOKEN_VALIDATE_AFTER_MINUTES", default=40)
+)
+
 # Where the refresh engine notes token pairs Twitch issued before the database has
-# stored them (accounts/spool.py). Local to each machine; readable by the owner only.
+# stored them (accounts/tokens/spool.py). Local to each machine; readable by the
+# owner only.
 TOKEN_SPOOL_DIR = Path(
     env.str("TOKEN_SPOOL_DIR", default="") or BASE_DIR / "token-spool"
 )

@@ -16,14 +16,9 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts import twitch
 from accounts.models import TokenEvent, TwitchToken
-from accounts.tokens.engine import (
-    FLUSH_EVERY,
-    LEASE_GRACE,
-    Outcome,
-    Plan,
-    amaintain_tokens,
-)
+from accounts.tokens.engine import FLUSH_EVERY, Outcome, Plan, amaintain_tokens
 from accounts.tokens.replay import areplay_spool
+from accounts.tokens.schedule import LEASE_GRACE
 
 
 class NoUsableToken(Exception):
