@@ -8,34 +8,39 @@ record each one as a `TokenEvent`.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
-from datetime import timedelta
 from enum import Enum
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.auth import get_permission_codename, get_user_model
-from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth import get_permission_codename
 from django.db import DatabaseError
 from django.db.models import QuerySet
-from django.db.models.constants import LOOKUP_SEP
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts import services
-from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
+
+# The read-only records (audit trail, revocations, users) register on import.
+from accounts.admin import records  # noqa: F401
+from accounts.admin.filters import (
+    SECRETS,
+    ExpiryFilter,
+    MissingScopesFilter,
+    ReadOnlyInline,
+    SafeLookups,
+    ScopeFilter,
+    scope_list,
+)
+from accounts.models import TokenEvent, TwitchToken
 from accounts.templatetags.twitchauth import expires_in
 from accounts.tokens import engine
 
-SECRETS = ("access_token", "refresh_token")
 BADGE = (
     '<span style="background: {}; color: #fff; border-radius: 4px; '
     'padding: 1px 6px; white-space: nowrap">{}</span>'
@@ -73,116 +78,6 @@ MAINTAIN_LABELS = {
     engine.Outcome.FAILED: "failed (see Last error; try again later)",
     engine.Outcome.SKIPPED: "skipped (not active, or busy in another run)",
 }
-
-
-@admin.display(description="Scopes")
-def scope_list(token: TwitchToken) -> str | None:
-    return ", ".join(token.scopes or []) or None
-
-
-# Columns no URL may filter on: a view-only staff member could otherwise read stored
-# ciphertext prefix by prefix (?refresh_token__startswith=gAAAA...), or the lease.
-UNFILTERABLE = frozenset({*SECRETS, "claimed_until", "password"})
-# Regular expressions are the database's to parse: a malformed one is a 500 on
-# PostgreSQL, and none of our filters needs them.
-UNSAFE_LOOKUPS = frozenset({"regex", "iregex"})
-
-
-class SafeLookups:
-    """Refuse URL lookups that touch a secret, anywhere along the path, or use a
-    regular expression; Django answers those with 400 (DisallowedModelAdminLookup)."""
-
-    def lookup_allowed(
-        self, lookup: str, value: str, request: HttpRequest | None = None
-    ) -> bool:
-        parts = set(lookup.split(LOOKUP_SEP))
-        if parts & UNFILTERABLE or parts & UNSAFE_LOOKUPS:
-            return False
-        if "\x00" in str(value):
-            return False  # PostgreSQL refuses NUL in text: a 400, not a 500
-        return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
-
-
-class MissingScopesFilter(admin.SimpleListFilter):
-    title = "required scopes"
-    parameter_name = "required_scopes"
-
-    def lookups(
-        self, request: HttpRequest, model_admin: admin.ModelAdmin
-    ) -> list[tuple[str, str]]:
-        return [("missing", "Missing required scopes")]
-
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
-    ) -> QuerySet[TwitchToken]:
-        if self.value() != "missing":
-            return queryset
-        live = queryset.exclude(status=TwitchToken.Status.REVOKED)
-        return live.missing_required_scopes()
-
-
-class ScopeFilter(admin.SimpleListFilter):
-    title = "scope"
-    parameter_name = "scope"
-
-    def lookups(
-        self, request: HttpRequest, model_admin: admin.ModelAdmin
-    ) -> list[tuple[str, str]]:
-        granted = TwitchToken.objects.order_by().values_list("scopes", flat=True)
-        present = {scope for scopes in granted.distinct() for scope in scopes or []}
-        return [
-            (scope, scope) for scope in sorted(present | set(settings.TWITCH_SCOPES))
-        ]
-
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
-    ) -> QuerySet[TwitchToken]:
-        if not self.value():
-            return queryset
-        # Containment on a JSON list is not portable (SQLite has none), but both
-        # databases store the list as JSON text, where a scope appears quoted: the
-        # quotes keep "user:edit" from matching "user:edit:follows".
-        return queryset.filter(scopes__icontains=json.dumps(self.value()))
-
-
-class ExpiryFilter(admin.SimpleListFilter):
-    title = "access token expiry"
-    parameter_name = "expiry"
-
-    def lookups(
-        self, request: HttpRequest, model_admin: admin.ModelAdmin
-    ) -> list[tuple[str, str]]:
-        return [("hour", "Within the hour"), ("expired", "Already expired")]
-
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[TwitchToken]
-    ) -> QuerySet[TwitchToken]:
-        now = timezone.now()
-        # A revoked row holds no token, so nothing of it expires.
-        live = queryset.exclude(status=TwitchToken.Status.REVOKED)
-        if self.value() == "hour":
-            return live.filter(
-                expires_at__gt=now, expires_at__lte=now + timedelta(hours=1)
-            )
-        if self.value() == "expired":
-            return live.filter(expires_at__lte=now)
-        return queryset
-
-
-class ReadOnlyInline(admin.options.InlineModelAdmin):
-    """An inline that shows rows and never adds, changes or deletes them."""
-
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class LatestEventsFormSet(BaseInlineFormSet):
@@ -433,90 +328,3 @@ def _summary(counts: Counter[Any], labels: Mapping[Enum, str]) -> str:
         )
         + "."
     )
-
-
-@admin.register(TokenEvent)
-class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
-    list_display = [
-        "created_at",
-        "token",
-        "action",
-        "outcome",
-        "source",
-        "actor",
-        "detail",
-    ]
-    list_filter = ["action", "outcome", "source"]
-    search_fields = ["token__login", "=token__twitch_user_id", "token__user__username"]
-    search_help_text = "Twitch login, Twitch user id or username."
-    fields = ["created_at", "token", "action", "outcome", "source", "actor", "detail"]
-    readonly_fields = fields
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("token", "actor")
-            .defer(*(f"token__{secret}" for secret in SECRETS))
-        )
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: TokenEvent | None = None
-    ) -> bool:
-        return False
-
-    # Deletion keeps Django's default (the delete permission, which only superusers
-    # hold unless granted): deleting a user cascades to their token and its events,
-    # and the admin refuses any cascade into a model whose admin denies deletion.
-
-
-@admin.register(EventSubRevocation)
-class EventSubRevocationAdmin(SafeLookups, admin.ModelAdmin):
-    """What Twitch said when it revoked a subscription: disconnects made on Twitch
-    are seen only at the next validation until `manage.py eventsub subscribe`."""
-
-    list_display = ["received_at", "subscription_type", "reason", "subscription_id"]
-    list_filter = ["reason"]
-    fields = list_display
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(
-        self, request: HttpRequest, obj: EventSubRevocation | None = None
-    ) -> bool:
-        return False
-
-
-class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
-    model = TwitchToken
-    verbose_name = "Twitch connection"
-    fields = [
-        "login",
-        "twitch_user_id",
-        "status",
-        scope_list,
-        "expires_at",
-        "last_refreshed_at",
-        "last_validated_at",
-        "last_error",
-    ]
-    readonly_fields = fields
-    show_change_link = True
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
-        return super().get_queryset(request).defer(*SECRETS)
-
-
-User = get_user_model()
-admin.site.unregister(User)
-
-
-# The configured user model's admin, with the connection shown on each user's page.
-@admin.register(User)
-class UserAdmin(SafeLookups, BaseUserAdmin):
-    inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]

@@ -2,9 +2,9 @@
 
 Twitch user tokens expire after about four hours and Twitch requires apps to validate
 the tokens they keep at least once an hour. Run this from cron every 10-15 minutes: a
-token is validated once 40 minutes have passed since its last validation, so no token
-goes more than an hour without one. Overlapping runs, and runs on several machines,
-are safe: each token is handled by one run.
+token is validated once TOKEN_VALIDATE_AFTER (40 minutes by default) has passed since
+its last validation, so no token goes more than an hour without one. Overlapping runs,
+and runs on several machines, are safe: each token is handled by one run.
 
 Exit status: 0 when every selected token was handled (a token that needs its user to
 reconnect counts as handled), 1 when transient failures remain (they are retried on
@@ -32,9 +32,9 @@ MAX_WITHIN = 366 * 24 * 60
 class Command(BaseCommand):
     help = (
         "Refresh active Twitch tokens that expire soon and validate those not "
-        "validated in the last 40 minutes (run it every 10-15 minutes). Exit "
-        "status: 0 all handled, 1 transient failures remain (retried next run), "
-        "2 bad arguments."
+        "validated within TOKEN_VALIDATE_AFTER_MINUTES (run it every 10-15 "
+        "minutes). Exit status: 0 all handled, 1 transient failures remain "
+        "(retried next run), 2 bad arguments."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

@@ -1,0 +1,100 @@
+"""The audit trail, EventSub revocations, and each user's page with their Twitch
+connection: read-only records for staff."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts.admin.filters import SECRETS, ReadOnlyInline, SafeLookups, scope_list
+from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
+
+
+@admin.register(TokenEvent)
+class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "token",
+        "action",
+        "outcome",
+        "source",
+        "actor",
+        "detail",
+    ]
+    list_filter = ["action", "outcome", "source"]
+    search_fields = ["token__login", "=token__twitch_user_id", "token__user__username"]
+    search_help_text = "Twitch login, Twitch user id or username."
+    fields = ["created_at", "token", "action", "outcome", "source", "actor", "detail"]
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("token", "actor")
+            .defer(*(f"token__{secret}" for secret in SECRETS))
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: TokenEvent | None = None
+    ) -> bool:
+        return False
+
+    # Deletion keeps Django's default (the delete permission, which only superusers
+    # hold unless granted): deleting a user cascades to their token and its events,
+    # and the admin refuses any cascade into a model whose admin denies deletion.
+
+
+@admin.register(EventSubRevocation)
+class EventSubRevocationAdmin(SafeLookups, admin.ModelAdmin):
+    """What Twitch said when it revoked a subscription: disconnects made on Twitch
+    are seen only at the next validation until `manage.py eventsub subscribe`."""
+
+    list_display = ["received_at", "subscription_type", "reason", "subscription_id"]
+    list_filter = ["reason"]
+    fields = list_display
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: EventSubRevocation | None = None
+    ) -> bool:
+        return False
+
+
+class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
+    model = TwitchToken
+    verbose_name = "Twitch connection"
+    fields = [
+        "login",
+        "twitch_user_id",
+        "status",
+        scope_list,
+        "expires_at",
+        "last_refreshed_at",
+        "last_validated_at",
+        "last_error",
+    ]
+    readonly_fields = fields
+    show_change_link = True
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
+        return super().get_queryset(request).defer(*SECRETS)
+
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+# The configured user model's admin, with the connection shown on each user's page.
+@admin.register(User)
+class UserAdmin(SafeLookups, BaseUserAdmin):
+    inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]
