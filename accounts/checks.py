@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -240,6 +241,25 @@ def check_eventsub(**kwargs: Any) -> list[checks.CheckMessage]:
             )
         )
     return errors
+
+
+@checks.register()
+def check_validation_interval(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Twitch requires every kept token to be validated at least once an hour, and
+    `refresh_tokens` runs only every few minutes on top of the interval."""
+    after = settings.TOKEN_VALIDATE_AFTER
+    if timedelta(minutes=1) <= after < timedelta(hours=1):
+        return []
+    return [
+        checks.Error(
+            "TOKEN_VALIDATE_AFTER_MINUTES must be at least 1 and under 60 (Twitch "
+            "requires a validation at least hourly), not "
+            f"{after.total_seconds() / 60:g}.",
+            hint="Keep it plus cron's interval under an hour: 40 with cron every "
+            "15 minutes, the default.",
+            id="accounts.E010",
+        )
+    ]
 
 
 # --- Django's middleware checks, for our subclasses of its middleware --------------

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.checks import run_checks
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.utils import timezone
 
 from accounts import checks
+from accounts.tokens.schedule import Plan, select_due
+from tests.conftest import make_token
 
 
 def ids(messages) -> list[str]:
@@ -72,6 +77,26 @@ def test_missing_encryption_keys_are_reported(settings):
 def test_a_base_url_without_a_trailing_slash_is_reported(settings):
     settings.TWITCH_AUTH_BASE_URL = "https://id.twitch.tv/oauth2"
     assert ids(checks.check_base_urls()) == ["accounts.E007"]
+
+
+@pytest.mark.parametrize("minutes", [0, 60, 90])
+def test_a_validation_interval_of_an_hour_or_more_is_reported(settings, minutes):
+    settings.TOKEN_VALIDATE_AFTER = timedelta(minutes=minutes)
+    assert ids(checks.check_validation_interval()) == ["accounts.E010"]
+
+
+@pytest.mark.django_db
+def test_the_validation_interval_is_a_setting_the_command_follows(
+    settings, alice, sandbox
+):
+    # A token validated 20 minutes ago: not due at the default 40, due at 15.
+    token = make_token(
+        alice, sandbox, last_validated_at=timezone.now() - timedelta(minutes=20)
+    )
+    assert checks.check_validation_interval() == []
+    assert select_due(plan=Plan(refresh=False)) == []
+    settings.TOKEN_VALIDATE_AFTER = timedelta(minutes=15)
+    assert select_due(plan=Plan(refresh=False)) == [token.pk]
 
 
 def test_the_check_command_really_fails_on_a_misconfiguration(settings):
