@@ -256,6 +256,12 @@ class Run:
             # Still in memory and about to be stored; only a crash now loses it.
             logger.exception("could not write the token spool in %s", spool.directory())
 
+    def sync_spool(self) -> None:
+        try:
+            self.spool.sync()
+        except OSError:
+            logger.exception("could not sync the token spool in %s", spool.directory())
+
     async def wait_until_results_can_be_stored(self) -> None:
         # A new refresh would rotate one more token that the database cannot
         # take: wait until it takes what we hold, or we give up.
@@ -302,7 +308,11 @@ class Run:
             # dropped: they stay in memory and in the spool, and are retried.
             self.pending[:0] = batch
             now = time.monotonic()
-            self.failing_since = self.failing_since or now
+            if self.failing_since is None:
+                # From now on the spool is what the run relies on: past a power
+                # cut too.
+                self.failing_since = now
+                self.sync_spool()
             logger.exception("could not store %s results; will retry", len(batch))
             if now - self.failing_since > self.store_patience:
                 self.stopped = True

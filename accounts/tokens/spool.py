@@ -14,6 +14,11 @@ anything else, the next run (or `twitch_for`) looks for files that no living pro
 holds, stores what they say, and deletes them (`accounts.tokens.replay`).
 
 The lock is local to one machine: give each machine its own `TOKEN_SPOOL_DIR`.
+
+A line that no configured key decrypts (the key was changed or dropped before the
+spool was replayed) is never thrown away: it is set aside in a `.unreadable` file
+beside the spool, retried at every replay, and reported (`refresh_tokens`,
+`/healthz`, `manage.py check`) until a key reads it or an operator deletes the file.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -36,6 +42,8 @@ from accounts import crypto
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".spool"
+# Lines set aside because no configured key decrypts them.
+UNREADABLE_SUFFIX = ".unreadable"
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,34 @@ def directory() -> Path:
 
 
 def has_files() -> bool:
-    """Whether any run's file is there at all (living or not): one directory read."""
+    """Whether any run's file, or set-aside lines, are there at all (living or not):
+    one directory read."""
     try:
-        return any(directory().glob(f"*{SUFFIX}"))
+        return any(
+            path.is_file() and not path.is_symlink()
+            for suffix in (SUFFIX, UNREADABLE_SUFFIX)
+            for path in directory().glob(f"*{suffix}")
+        )
     except OSError:
         return False
+
+
+def unreadable_count() -> int:
+    """Token pairs set aside because no configured key decrypts them."""
+    count = 0
+    try:
+        paths = list(directory().glob(f"*{UNREADABLE_SUFFIX}"))
+    except OSError:
+        return 0
+    for path in paths:
+        fd = _open_ours(path, lock=False)
+        if fd is None:
+            continue
+        try:
+            count += len(_read_lines(fd))
+        finally:
+            os.close(fd)
+    return count
 
 
 class Spool:
@@ -78,27 +109,43 @@ class Spool:
         self._path: Path | None = None
 
     def add(self, entry: Entry) -> None:
+        """Append one pair. Raises OSError when it could not be written whole (a
+        full disk): the file is then as it was before."""
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        line = crypto.encrypt(json.dumps(asdict(entry))) + "\n"
+        line = (crypto.encrypt(json.dumps(asdict(entry))) + "\n").encode()
+        size = os.fstat(self._fd).st_size
         # One write of a whole line to a file opened for appending: a reader never
         # sees half of it, even if we die at once after.
-        os.write(self._fd, line.encode())
+        written = os.write(self._fd, line)
+        if written != len(line):
+            # Half a line would swallow the start of the next one.
+            os.ftruncate(self._fd, size)
+            raise OSError(f"short write to the token spool ({written} of {len(line)})")
+
+    def sync(self) -> None:
+        """Make what was added survive a power cut too: for when the run relies on
+        the spool (the database refuses the pairs, or the run leaves them behind).
+        Until then the operating system holds them, which survives a killed
+        process."""
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close(self, *, keep: bool) -> None:
         """Release the file; delete it unless it holds pairs still to be stored."""
         if self._fd is None:
             return
         assert self._path is not None
-        if not keep:
+        if keep:
+            self.sync()
+        else:
             self._path.unlink(missing_ok=True)
         os.close(self._fd)  # releases the lock: a successor may replay a kept file
         self._fd = self._path = None
 
     def _open(self) -> None:
-        folder = directory()
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder = _our_folder()
         name = f"{os.getpid()}-{secrets.token_hex(8)}"
         # Locked under a name replayers ignore, then renamed: nobody can take the
         # file for an abandoned one in between.
@@ -107,15 +154,40 @@ class Spool:
         fcntl.flock(fd, fcntl.LOCK_EX)
         path = folder / f"{name}{SUFFIX}"
         os.rename(hidden, path)
+        _sync_folder(folder)  # the new name itself survives a power cut
         self._fd, self._path = fd, path
+
+
+def _our_folder() -> Path:
+    """TOKEN_SPOOL_DIR, made if missing; one that others may read is tightened, and
+    one that is not ours (another user's, a symlink, a file) is refused."""
+    folder = directory()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = folder.lstat()
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid():
+        raise OSError(f"{folder} is not a directory of this user's")
+    if stat.S_IMODE(status.st_mode) & 0o077:
+        logger.warning("%s was readable by others; tightened to 0700", folder)
+        folder.chmod(0o700)
+    return folder
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextmanager
 def abandoned() -> Iterator[list[Entry]]:
-    """The entries of every file no living process holds, oldest first.
+    """The entries of every file no living process holds, oldest first, with the
+    set-aside lines a key now reads.
 
-    The files stay locked by us while the caller stores the entries, and are
-    deleted when the block ends without an exception.
+    The files stay locked by us while the caller stores the entries. When the block
+    ends without an exception they are deleted, and the lines no key reads are
+    kept, set aside, for a later replay.
     """
     folder = directory()
     if not folder.is_dir():
@@ -123,14 +195,27 @@ def abandoned() -> Iterator[list[Entry]]:
         return
     taken: list[tuple[Path, int]] = []
     entries: list[Entry] = []
+    unreadable: list[bytes] = []
     try:
-        for path in sorted(folder.glob(f"*{SUFFIX}"), key=_mtime):
-            fd = _take(path)
+        paths = [
+            path
+            for suffix in (SUFFIX, UNREADABLE_SUFFIX)
+            for path in folder.glob(f"*{suffix}")
+        ]
+        for path in sorted(paths, key=_mtime):
+            fd = _open_ours(path, lock=True)
             if fd is None:
                 continue
+            read, unread = _parse(path, _read_lines(fd))
+            if path.suffix == UNREADABLE_SUFFIX and not read:
+                os.close(fd)  # still unreadable: left as it is
+                continue
             taken.append((path, fd))
-            entries.extend(_read(path))
+            entries.extend(read)
+            unreadable.extend(unread)
         yield sorted(entries, key=lambda entry: entry.obtained_at)
+        if unreadable:
+            _set_aside(folder, unreadable)
         for path, _ in taken:
             path.unlink(missing_ok=True)
     finally:
@@ -138,12 +223,28 @@ def abandoned() -> Iterator[list[Entry]]:
             os.close(fd)
 
 
-def _take(path: Path) -> int | None:
-    """An fd holding the file's lock, or None while its writer lives (or it is gone)."""
+def _open_ours(path: Path, *, lock: bool) -> int | None:
+    """An fd on `path` if it is a regular file of this user's (holding its lock,
+    with `lock`); None for a file whose writer lives, or that is gone, or that is
+    not ours to read (a directory, a FIFO, a symlink, another user's file)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Never follow a link, never wait for a FIFO's writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
+    except OSError as error:
+        logger.warning("skipped %s in the token spool: %s", path.name, error.strerror)
+        return None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
+        logger.warning(
+            "skipped %s in the token spool: not a regular file of this user's",
+            path.name,
+        )
+        os.close(fd)
+        return None
+    if not lock:
+        return fd
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -155,19 +256,51 @@ def _take(path: Path) -> int | None:
     return fd
 
 
-def _read(path: Path) -> list[Entry]:
-    entries = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+def _read_lines(fd: int) -> list[bytes]:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return [line for line in b"".join(chunks).splitlines() if line.strip()]
+
+
+def _parse(path: Path, lines: list[bytes]) -> tuple[list[Entry], list[bytes]]:
+    """The entries the configured keys read, and the lines they do not."""
+    entries, unreadable = [], []
+    for number, line in enumerate(lines, start=1):
         try:
-            entries.append(Entry(**json.loads(crypto.decrypt(line))))
+            entries.append(Entry(**json.loads(crypto.decrypt(line.decode("ascii")))))
         except (crypto.UndecryptableToken, ValueError, TypeError):
-            # A line cut short by a crash, or written under a key removed since.
-            logger.error("spool file %s: line %s cannot be read", path.name, number)
-    return entries
+            # Written under a key removed since (or not ours at all): kept aside.
+            if path.suffix == SUFFIX:
+                logger.error(
+                    "spool file %s: line %s cannot be decrypted; set aside in %s",
+                    path.name,
+                    number,
+                    UNREADABLE_SUFFIX,
+                )
+            unreadable.append(line)
+    return entries, unreadable
+
+
+def _set_aside(folder: Path, lines: list[bytes]) -> None:
+    """Write the lines to a new `.unreadable` file, durably, before the files they
+    came from are deleted."""
+    name = f"{os.getpid()}-{secrets.token_hex(8)}"
+    hidden = folder / f".{name}"
+    fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        data = b"".join(line + b"\n" for line in lines)
+        if os.write(fd, data) != len(data):
+            raise OSError("short write while setting spool lines aside")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(hidden, folder / f"{name}{UNREADABLE_SUFFIX}")
+    _sync_folder(folder)
 
 
 def _mtime(path: Path) -> float:
     try:
-        return path.stat().st_mtime
+        return path.lstat().st_mtime
     except FileNotFoundError:
         return 0.0

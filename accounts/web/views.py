@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET
 from accounts import services
 from accounts.checks import check_encryption_keys
 from accounts.models import TwitchToken
+from accounts.tokens import spool
 from accounts.web.pages import arender, login_required
 
 
@@ -69,24 +70,32 @@ def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpR
 
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database answers and the stored tokens can be decrypted;
-    otherwise 503, naming what is wrong (for load balancers and monitoring)."""
+    """200 when the database answers and the stored tokens (and any spooled token
+    pairs) can be decrypted; otherwise 503, naming what is wrong (for load balancers
+    and monitoring)."""
     keys = "ok" if not check_encryption_keys() else "misconfigured"
     try:
-        # A raw cursor has no async API.
-        tokens = await sync_to_async(_ping_database)()
+        # A raw cursor has no async API; the spool is files.
+        tokens, spooled = await sync_to_async(_ping_database_and_spool)()
     except DatabaseError:
         body = {"status": "error", "database": "unavailable", "keys": keys}
         return JsonResponse(body, status=503)
-    body = {"status": "ok", "database": "ok", "keys": keys, "tokens": tokens}
-    if keys != "ok" or tokens != "ok":
+    body = {
+        "status": "ok",
+        "database": "ok",
+        "keys": keys,
+        "tokens": tokens,
+        "spool": spooled,
+    }
+    if keys != "ok" or tokens != "ok" or spooled != "ok":
         body["status"] = "error"
         return JsonResponse(body, status=503)
     return JsonResponse(body)
 
 
-def _ping_database() -> str:
-    """Ask the database, and try to decrypt the most recently written token."""
+def _ping_database_and_spool() -> tuple[str, str]:
+    """Ask the database, try to decrypt the most recently written token, and count
+    spooled pairs no key decrypts (set aside, waiting for the right key)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     latest = (
@@ -96,4 +105,5 @@ def _ping_database() -> str:
         .only("access_token", "refresh_token")
         .first()
     )
-    return "undecryptable" if latest and latest.is_undecryptable else "ok"
+    tokens = "undecryptable" if latest and latest.is_undecryptable else "ok"
+    return tokens, "undecryptable" if spool.unreadable_count() else "ok"

@@ -22,8 +22,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
+from accounts import twitch
 from accounts.models import TokenEvent, TwitchToken
-from accounts.tokens import engine
+from accounts.tokens import engine, replay, spool
 
 # Tokens live hours; a year covers any real use and stays far from date overflow.
 MAX_WITHIN = 366 * 24 * 60
@@ -116,6 +117,9 @@ class Command(BaseCommand):
 
         progress = self._progress_bar(len(pks)) if self._interactive(options) else None
         try:
+            # Pairs a dead run left (and set-aside lines a key may read now) are
+            # stored first, even when no token is due.
+            twitch.run_sync(replay.areplay_spool, source=TokenEvent.Source.COMMAND)
             report = engine.maintain_tokens(
                 pks=pks,
                 plan=plan,
@@ -142,6 +146,17 @@ class Command(BaseCommand):
                 f"{report.undecryptable} token(s) cannot decrypt: check "
                 "TOKEN_ENCRYPTION_KEYS (was a key removed before rotate_token_keys?)."
             )
+        if unreadable := spool.unreadable_count():
+            self.stderr.write(
+                f"{unreadable} token pair(s) in the spool cannot be decrypted: check "
+                f"TOKEN_ENCRYPTION_KEYS. They are kept in {spool.directory()} "
+                f"(*{spool.UNREADABLE_SUFFIX}) until a key reads them; delete those "
+                "files only to give the pairs up."
+            )
+            if report.handled_all:
+                raise CommandError(
+                    "Spooled token pairs cannot be decrypted.", returncode=1
+                )
         if not report.handled_all:
             failed = report.counts[engine.Outcome.FAILED] - report.undecryptable
             raise CommandError(
