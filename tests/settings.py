@@ -25,7 +25,7 @@ os.environ["DEBUG"] = "False"
 from twitchauth_site.settings import *  # noqa: E402,F403
 from twitchauth_site.settings import DATABASES, STORAGES  # noqa: E402
 
-if DATABASES["default"]["ENGINE"] == "twitchauth_site.sqlite":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not Django's in-memory default: WAL, the busy timeout and other
     # processes (the concurrency tests) only exist for a real file.
     # One per test process, so two runs at once never share (and delete) a file.

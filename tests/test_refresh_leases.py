@@ -18,7 +18,7 @@ from django.utils import timezone
 from accounts import services, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens import engine as refreshing
-from accounts.tokens import replay, results, store
+from accounts.tokens import results, store
 from tests.conftest import (
     BASE_DIR,
     database_refuses_token_writes,
@@ -269,38 +269,6 @@ def test_no_new_refresh_starts_while_the_database_refuses_to_store_them(
         stored = TwitchToken.objects.get(pk=token.pk)
         assert stored.status == TwitchToken.Status.ACTIVE
         assert sandbox.is_refresh_token_valid(stored.refresh_token)
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_a_run_stopped_while_validating_a_new_pair_keeps_it_for_the_next(
-    alice, sandbox
-):
-    import asyncio
-
-    from asgiref.sync import sync_to_async
-
-    token = await sync_to_async(
-        lambda: expiring(make_token(alice, sandbox, last_validated_at=None))
-    )()
-    sandbox.hang("validate")  # the follow-up validation never answers
-    run = asyncio.create_task(
-        refreshing.amaintain_tokens(
-            pks=[token.pk], plan=refreshing.Plan(), source=TokenEvent.Source.COMMAND
-        )
-    )
-    # The new pair is in: the follow-up validation of its access token has begun.
-    await asyncio.to_thread(sandbox.wait_for_request, "validate")
-    run.cancel()  # a deploy, a dropped request, a kill: Twitch has rotated
-    with contextlib.suppress(asyncio.CancelledError):
-        await run
-    sandbox.clear_faults()
-
-    await replay.areplay_spool(source=TokenEvent.Source.COMMAND)
-
-    stored = await TwitchToken.objects.aget(pk=token.pk)
-    assert stored.refresh_token != token.refresh_token
-    assert sandbox.is_refresh_token_valid(stored.refresh_token)
-    assert stored.claimed_until is None
 
 
 def test_a_claim_that_fails_midway_still_stores_what_was_refreshed(

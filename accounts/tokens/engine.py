@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,6 +75,7 @@ async def amaintain_tokens(
     budget: float | None = None,
     store_patience: float | None = None,
     progress: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Report:
     """Refresh and/or validate these tokens, `concurrency` at a time, at most once each.
 
@@ -85,7 +87,13 @@ async def amaintain_tokens(
     `budget`: seconds after which no new token is started (the rest are counted as
     left, for the next run). `store_patience`: how long a database that refuses
     writes is retried (STORE_PATIENCE seconds by default) before the run gives up
-    (its pairs stay in the spool) and raises `DatabaseError`.
+    (its pairs stay in the spool) and raises `DatabaseError`. `stop`: once set (a
+    signal handler may set it), no new token is started; the report says so.
+
+    A call to Twitch in flight is never abandoned, even when the caller is
+    cancelled (a dropped request, a worker shutting down): Twitch may rotate the
+    refresh token it carries, so the call is seen through and its answer stored
+    before the cancellation goes on.
     """
     run = Run(
         plan=plan,
@@ -95,6 +103,7 @@ async def amaintain_tokens(
         budget=budget,
         store_patience=STORE_PATIENCE if store_patience is None else store_patience,
         progress=progress,
+        stop=stop,
     )
     return await run.handle(pks, concurrency=min(concurrency, max(len(pks), 1)))
 
@@ -124,8 +133,10 @@ class Run:
         budget: float | None,
         store_patience: float,
         progress: Callable[[int], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.plan, self.source, self.actor = plan, source, actor
+        self.stop = stop
         self.attempts, self.progress = attempts, progress
         self.started = time.monotonic()
         self.start_before = None if budget is None else self.started + budget
@@ -136,6 +147,8 @@ class Run:
         # database refused writes for longer than `store_patience`.
         self.stopped = False
         self.unstarted: list[TwitchToken] = []  # claimed, then not started
+        # Each token's calls to Twitch, shielded from cancellation.
+        self.in_flight: set[asyncio.Task[None]] = set()
         # Grants Twitch handed out that the database has not stored yet (they are
         # in memory and in the spool), and whether any stays in the spool for good.
         self.unstored = 0
@@ -165,12 +178,16 @@ class Run:
             if failures:
                 raise failures[0]
         finally:
+            if self.in_flight:
+                # Cancelled: what Twitch is answering still reaches the writer.
+                await asyncio.wait(self.in_flight)
             if not writer.done():
                 self.workers_done = True
                 self.wake_writer.set()
                 await asyncio.wait([writer])
             await self.finish()
         self.report.seconds = time.monotonic() - self.started
+        self.report.stopped = self.stop_requested()
         return self.report
 
     # --- 1. Claim ---------------------------------------------------------------------
@@ -183,7 +200,7 @@ class Run:
         try:
             for start in range(0, len(pks), batch):
                 chunk = pks[start : start + batch]
-                if self.stopped or self.out_of_budget():
+                if not self.may_start():
                     self.leave(len(chunk))
                     continue
                 for token in await self.claim(chunk):
@@ -209,30 +226,37 @@ class Run:
     async def work(self, queue: asyncio.Queue[TwitchToken | None]) -> None:
         while (token := await queue.get()) is not None:
             await self.wait_until_results_can_be_stored()
-            if self.stopped or self.out_of_budget():
+            if not self.may_start():
                 self.unstarted.append(token)
                 self.leave(1)
                 continue
-            assert token.claimed_until is not None
-            kept = False
+            asking = asyncio.create_task(self.ask_and_queue(token))
+            self.in_flight.add(asking)
+            asking.add_done_callback(self.in_flight.discard)
+            await asyncio.shield(asking)
 
-            def keep(grant: twitch.TokenGrant, token: TwitchToken = token) -> None:
-                nonlocal kept
-                kept = True
-                self.keep_durably(token, grant)
+    async def ask_and_queue(self, token: TwitchToken) -> None:
+        """Ask Twitch about one token and queue its result for the writer."""
+        assert token.claimed_until is not None
+        kept = False
 
-            findings = await ask_twitch(
-                token,
-                plan=self.plan,
-                attempts=self.attempts,
-                keep=keep,
-                refresh_before=self.start_before,
-            )
-            if kept and findings.grant is None:
-                self.unstored -= 1  # Twitch's answer turned out unusable
-            self.pending.append(Result(token, token.claimed_until, findings))
-            if len(self.pending) >= WRITE_BATCH:
-                self.wake_writer.set()
+        def keep(grant: twitch.TokenGrant) -> None:
+            nonlocal kept
+            kept = True
+            self.keep_durably(token, grant)
+
+        findings = await ask_twitch(
+            token,
+            plan=self.plan,
+            attempts=self.attempts,
+            keep=keep,
+            refresh_before=self.start_before,
+        )
+        if kept and findings.grant is None:
+            self.unstored -= 1  # Twitch's answer turned out unusable
+        self.pending.append(Result(token, token.claimed_until, findings))
+        if len(self.pending) >= WRITE_BATCH:
+            self.wake_writer.set()
 
     @sensitive_variables()
     def keep_durably(self, token: TwitchToken, grant: twitch.TokenGrant) -> None:
@@ -265,13 +289,21 @@ class Run:
     async def wait_until_results_can_be_stored(self) -> None:
         # A new refresh would rotate one more token that the database cannot
         # take: wait until it takes what we hold, or we give up.
-        while not self.stopped and (
+        while self.may_start() and (
             self.failing_since is not None or self.unstored >= MAX_UNSTORED
         ):
             await asyncio.sleep(FLUSH_EVERY)
 
-    def out_of_budget(self) -> bool:
-        return self.start_before is not None and time.monotonic() > self.start_before
+    def may_start(self) -> bool:
+        """Whether a new token may be started: not once the run has stopped (its
+        claim or its database failed), been asked to stop, or run out of budget."""
+        out_of_budget = (
+            self.start_before is not None and time.monotonic() > self.start_before
+        )
+        return not (self.stopped or self.stop_requested() or out_of_budget)
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     def leave(self, count: int) -> None:
         """Tokens not started: left for the next run (or skipped when giving up)."""

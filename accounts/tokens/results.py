@@ -112,6 +112,8 @@ class Report:
     undecryptable: int = 0
     # Tokens not started within the run's budget: the next run takes them.
     left: int = 0
+    # Asked to stop (a signal): the tokens not started are counted as left.
+    stopped: bool = False
 
     @property
     def handled_all(self) -> bool:
@@ -119,12 +121,14 @@ class Report:
 
     def summary(self) -> str:
         left = f", left {self.left}" if self.left else ""
+        stopped = "; stopped before the end" if self.stopped else ""
         return (
             f"refreshed {self.counts[Outcome.REFRESHED]}, "
             f"validated {self.counts[Outcome.VALIDATED]}, "
             f"needs reconnect {self.counts[Outcome.NEEDS_RECONNECT]}, "
             f"failed {self.counts[Outcome.FAILED]}, "
             f"skipped {self.counts[Outcome.SKIPPED]}{left} in {self.seconds:.1f} s"
+            f"{stopped}"
         )
 
     def as_dict(self) -> dict[str, float | int]:
@@ -132,5 +136,6 @@ class Report:
             outcome.name.lower(): self.counts[outcome] for outcome in Outcome
         }
         data["left"] = self.left
+        data["stopped"] = self.stopped
         data["seconds"] = round(self.seconds, 3)
         return data

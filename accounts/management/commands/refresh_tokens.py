@@ -6,14 +6,23 @@ token is validated once TOKEN_VALIDATE_AFTER (40 minutes by default) has passed 
 its last validation, so no token goes more than an hour without one. Overlapping runs,
 and runs on several machines, are safe: each token is handled by one run.
 
+SIGTERM or SIGINT (a deploy, a cron timeout, Ctrl-C) stops it gracefully: no new
+token is started, the calls already at Twitch finish (within the seam's timeout) and
+what they bring is stored; a second signal stops it at once.
+
 Exit status: 0 when every selected token was handled (a token that needs its user to
 reconnect counts as handled), 1 when transient failures remain (they are retried on
-the next run), 2 for bad arguments.
+the next run), 2 for bad arguments, 128 + the signal's number when stopped by one
+(143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -30,12 +39,46 @@ from accounts.tokens import engine, replay, spool
 MAX_WITHIN = 366 * 24 * 60
 
 
+class StopRequest(threading.Event):
+    """Set by the first SIGTERM or SIGINT; `signum` says which."""
+
+    signum = signal.SIGTERM
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """While the block runs, SIGTERM and SIGINT ask the run to stop gracefully; a
+    second one does what it would have done without us (ends the process, or
+    KeyboardInterrupt). Outside the main thread (tests) signals cannot be caught."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    caught = (signal.SIGTERM, signal.SIGINT)
+
+    def ask_to_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            signal.signal(signum, previous[signum])
+            signal.raise_signal(signum)
+            return
+        stop.signum = signal.Signals(signum)
+        stop.set()
+
+    previous = {signum: signal.signal(signum, ask_to_stop) for signum in caught}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 class Command(BaseCommand):
     help = (
         "Refresh active Twitch tokens that expire soon and validate those not "
         "validated within TOKEN_VALIDATE_AFTER_MINUTES (run it every 10-15 "
         "minutes). Exit status: 0 all handled, 1 transient failures remain "
-        "(retried next run), 2 bad arguments."
+        "(retried next run), 2 bad arguments, 143/130 stopped by SIGTERM/SIGINT "
+        "(what Twitch answered is stored)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -117,16 +160,18 @@ class Command(BaseCommand):
 
         progress = self._progress_bar(len(pks)) if self._interactive(options) else None
         try:
-            # Pairs a dead run left (and set-aside lines a key may read now) are
-            # stored first, even when no token is due.
-            twitch.run_sync(replay.areplay_spool, source=TokenEvent.Source.COMMAND)
-            report = engine.maintain_tokens(
-                pks=pks,
-                plan=plan,
-                source=TokenEvent.Source.COMMAND,
-                concurrency=options["concurrency"],
-                progress=progress,
-            )
+            with stop_on_signals() as stop:
+                # Pairs a dead run left (and set-aside lines a key may read now) are
+                # stored first, even when no token is due.
+                twitch.run_sync(replay.areplay_spool, source=TokenEvent.Source.COMMAND)
+                report = engine.maintain_tokens(
+                    pks=pks,
+                    plan=plan,
+                    source=TokenEvent.Source.COMMAND,
+                    concurrency=options["concurrency"],
+                    progress=progress,
+                    stop=stop,
+                )
         except DatabaseError as error:
             raise CommandError(
                 f"The database refused writes ({type(error).__name__}). Token pairs "
@@ -146,6 +191,13 @@ class Command(BaseCommand):
                 f"{report.undecryptable} token(s) cannot decrypt: check "
                 "TOKEN_ENCRYPTION_KEYS (was a key removed before rotate_token_keys?)."
             )
+        if report.stopped:
+            name = signal.Signals(stop.signum).name
+            self.stderr.write(
+                f"Stopped by {name}: {report.left} token(s) left for the next run; "
+                "every answer Twitch gave was stored."
+            )
+            raise CommandError(f"Stopped by {name}.", returncode=128 + stop.signum)
         if unreadable := spool.unreadable_count():
             self.stderr.write(
                 f"{unreadable} token pair(s) in the spool cannot be decrypted: check "
