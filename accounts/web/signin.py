@@ -1,0 +1,69 @@
+"""Signing in with a password, one attempt per account at a time.
+
+django-axes checks whether an account is locked out, then the password is checked,
+then axes counts a failure: three steps. Attempts that arrive together (a burst
+from many threads or workers) would all pass the first step before any of them is
+counted, so every password in the burst would be checked, a right one included.
+Here the three steps run as one, per username, across every worker and machine:
+at most AXES_FAILURE_LIMIT failures are ever checked for an account.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
+from django.db import connection
+
+from accounts.db import atomic_write
+
+
+@contextmanager
+def one_attempt_at_a_time(username: str) -> Iterator[None]:
+    """Hold the sign-in lock for `username` while the block runs (in a transaction,
+    so axes' count of a failure is committed before the next attempt is checked).
+
+    PostgreSQL: a transaction-scoped advisory lock on the username. SQLite: the
+    transaction itself, which takes the database's one write lock at BEGIN."""
+    with atomic_write():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
+                    [f"twitchauth sign-in {username.lower()}"],
+                )
+        yield
+
+
+def check_one_at_a_time(
+    clean: Callable[[], dict[str, Any]], username: str
+) -> dict[str, Any]:
+    """`clean()` under the account's sign-in lock. A refusal (ValidationError) is
+    raised after the transaction commits: axes' count of the failure must stay."""
+    refusal: ValidationError | None = None
+    with one_attempt_at_a_time(username):
+        try:
+            return clean()
+        except ValidationError as error:
+            refusal = error
+    raise refusal
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, its check taken one attempt per account at a time."""
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username") or ""
+        return check_one_at_a_time(super().clean, username)
+
+
+class AdminSignInForm(AdminAuthenticationForm):
+    """The admin's sign-in form, the same way."""
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username") or ""
+        return check_one_at_a_time(super().clean, username)
