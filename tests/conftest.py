@@ -1,19 +1,30 @@
-"""Fixtures: a real Twitch sandbox over HTTP, users, a browser that approves on it."""
+"""Fixtures: a real Twitch sandbox over HTTP, users, a browser that approves on it;
+plain HTTP and a webhook callback for the sandbox's own tests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import html
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
+from email.message import Message
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import aiohttp
 import pytest
@@ -76,8 +87,8 @@ async def _close_connections(django_db_setup) -> AsyncIterator[None]:
 @pytest.fixture
 def short_timeout(monkeypatch) -> None:
     """Twitch calls time out after 0.5 s (8 s in production) and retry at once."""
-    monkeypatch.setattr(twitch, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
-    monkeypatch.setattr(twitch, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(twitch.http, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
+    monkeypatch.setattr(twitch.http, "RETRY_BASE_DELAY", 0.01)
 
 
 @pytest.fixture
@@ -173,6 +184,13 @@ async def callback(client: AsyncClient, url: str):
     return await client.get(parts.path, dict(parse_qsl(parts.query)))
 
 
+async def start_connect(client: AsyncClient) -> dict[str, str]:
+    """Press Connect Twitch; the query of the authorize URL it sends the browser to."""
+    response = await client.post("/twitch/connect/")
+    assert response.status_code == 302
+    return {k: v[0] for k, v in parse_qs(urlsplit(response["Location"]).query).items()}
+
+
 def make_token(user: User, sandbox: Sandbox, *, expires_in: int = 14400, **fields):
     """A stored connection whose tokens the sandbox really issued."""
     issued = sandbox.issue_tokens(login=user.username, scopes=["chat:read"])
@@ -260,7 +278,7 @@ def _served(port: int, env: dict[str, str], *, workers: int = 2) -> Iterator[Sit
         env=env,
     )
     try:
-        _wait_until_listening(port, server)
+        wait_until_listening(port, server)
         served = Site(f"http://localhost:{port}")
         served.pid = server.pid
         yield served
@@ -269,7 +287,8 @@ def _served(port: int, env: dict[str, str], *, workers: int = 2) -> Iterator[Sit
         server.wait(timeout=10)
 
 
-def _wait_until_listening(port: int, server: subprocess.Popen) -> None:
+def wait_until_listening(port: int, server: subprocess.Popen) -> None:
+    """Until something listens on `port`; `server` must not exit meanwhile."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         assert server.poll() is None, "uvicorn exited"
@@ -396,3 +415,225 @@ def listening(signal, receiver) -> Iterator[None]:
         yield
     finally:
         signal.disconnect(receiver)
+
+
+# The sandbox's own tests (tests/test_sandbox_*.py): plain HTTP to it, and a webhook
+# callback for its EventSub side. ------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Message
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+    @property
+    def location(self) -> tuple[str, dict[str, str]]:
+        """Where a redirect goes: the URI without its query, and the query."""
+        parts = urlsplit(self.headers["Location"])
+        query = {k: v[0] for k, v in parse_qs(parts.query, True).items()}
+        return parts._replace(query="").geturl(), query
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None  # a redirect is the answer under test, not a place to go
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+def http(
+    sandbox: Sandbox,
+    method: str,
+    path: str,
+    *,
+    query: Mapping[str, str] | None = None,
+    form: Mapping[str, str] | None = None,
+    json_body: object = None,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> Reply:
+    url = sandbox.base_url + path + (f"?{urlencode(query)}" if query else "")
+    all_headers = dict(headers or {})
+    if form is not None:
+        data = urlencode(form).encode()
+        all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif json_body is not None:
+        data = json.dumps(json_body).encode()
+        all_headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return Reply(response.status, response.headers, response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return Reply(error.code, error.headers, error.read())
+
+
+def refresh(sandbox: Sandbox, refresh_token: str) -> Reply:
+    form = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token,
+    }
+    return http(sandbox, "POST", "oauth2/token", form=form)
+
+
+def validate(sandbox: Sandbox, token: str, scheme: str = "OAuth") -> Reply:
+    headers = {"Authorization": f"{scheme} {token}"}
+    return http(sandbox, "GET", "oauth2/validate", headers=headers)
+
+
+def helix_users(
+    sandbox: Sandbox,
+    token: str,
+    *,
+    client_id: str = CLIENT_ID,
+    query: Mapping[str, str] | None = None,
+) -> Reply:
+    headers = {"Authorization": f"Bearer {token}", "Client-Id": client_id}
+    return http(sandbox, "GET", "helix/users", query=query, headers=headers)
+
+
+REVOKE = "user.authorization.revoke"
+# What the sandbox's own EventSub tests subscribe with.
+SECRET = "the-eventsub-secret"
+ENABLED = "enabled"
+FAILED = "webhook_callback_verification_failed"
+SUBSCRIPTIONS = "helix/eventsub/subscriptions"
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
+
+
+@dataclass
+class Received:
+    headers: Message
+    body: bytes
+
+    def json(self) -> dict[str, object]:
+        return json.loads(self.body)
+
+    @property
+    def type(self) -> str:
+        return self.headers["Twitch-Eventsub-Message-Type"]
+
+
+Answer = Callable[[Received], tuple[int, str]]
+
+
+def echo_challenge(message: Received) -> tuple[int, str]:
+    if message.type == "webhook_callback_verification":
+        return 200, message.json()["challenge"]
+    return 204, ""
+
+
+def signature(secret: str, headers: Mapping[str, str], body: bytes) -> str:
+    signed = (
+        headers["Twitch-Eventsub-Message-Id"]
+        + headers["Twitch-Eventsub-Message-Timestamp"]
+    ).encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+class Receiver:
+    """A webhook callback served from a thread: it records every message and
+    answers what ``answer`` says, as ``content_type``."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.answer: Answer = echo_challenge
+        self.content_type = "text/plain"
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                message = Received(self.headers, self.rfile.read(length))
+                receiver.received.append(message)
+                status, text = receiver.answer(message)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", receiver.content_type)
+                    self.send_header("Content-Length", str(len(text.encode())))
+                    self.end_headers()
+                    self.wfile.write(text.encode())
+                except ConnectionError:
+                    pass  # the sandbox gave up waiting: a timeout test
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/twitch/eventsub/"
+
+
+@pytest.fixture(scope="module")
+def callback_server() -> Iterator[Receiver]:
+    receiver = Receiver()
+    thread = threading.Thread(target=receiver.server.serve_forever, daemon=True)
+    thread.start()
+    yield receiver
+    receiver.server.shutdown()
+    receiver.server.server_close()
+
+
+@pytest.fixture
+def receiver(callback_server: Receiver, sandbox: Sandbox) -> Iterator[Receiver]:
+    callback_server.received.clear()
+    callback_server.answer = echo_challenge
+    callback_server.content_type = "text/plain"
+    sandbox.allow_insecure_callbacks = True  # the receiver is plain http
+    yield callback_server
+    sandbox.allow_insecure_callbacks = False
+
+
+def app_token(sandbox: Sandbox) -> str:
+    form = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "grant_type": "client_credentials",
+    }
+    return http(sandbox, "POST", "oauth2/token", form=form).json()["access_token"]
+
+
+def helix_headers(token: str, client_id: str = CLIENT_ID) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Client-Id": client_id}
+
+
+def subscription_body(callback: str, secret: str = SECRET) -> dict[str, object]:
+    return {
+        "type": REVOKE,
+        "version": "1",
+        "condition": {"client_id": CLIENT_ID},
+        "transport": {"method": "webhook", "callback": callback, "secret": secret},
+    }
+
+
+def create_subscription(
+    sandbox: Sandbox, callback: str, *, token: str | None = None, **changes: object
+) -> Reply:
+    body = {**subscription_body(callback), **changes}
+    headers = helix_headers(token or app_token(sandbox))
+    return http(sandbox, "POST", SUBSCRIPTIONS, json_body=body, headers=headers)
+
+
+def subscribe(sandbox: Sandbox, callback: str, status: str = ENABLED) -> dict:
+    """A subscription whose verification is over and ended in ``status``."""
+    reply = create_subscription(sandbox, callback)
+    assert reply.status == 202, reply.text
+    subscription_id = reply.json()["data"][0]["id"]
+    return sandbox.wait_for_subscription_status(subscription_id, status)
+
+
+def list_subscriptions(sandbox: Sandbox, **query: str) -> Reply:
+    headers = helix_headers(app_token(sandbox))
+    return http(sandbox, "GET", SUBSCRIPTIONS, query=query, headers=headers)

@@ -322,7 +322,9 @@ async def test_a_late_redelivery_is_answered_in_time_when_twitch_cannot_say(
 
     started = time.monotonic()
     assert (await post(raw, headers)).status_code == 204
-    assert time.monotonic() - started < 2
+    # The 0.3 s budget, with room for a busy machine: half the 8 s the seam alone
+    # would wait.
+    assert time.monotonic() - started < 4
 
     # Twitch could not vouch for the connection in time: the signed message wins.
     assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED

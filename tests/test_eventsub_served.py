@@ -138,7 +138,7 @@ def test_a_subscription_twitch_revokes_is_recorded(eventsub_site, sandbox):
 def test_subscribe_with_twitch_down_exits_1(eventsub_site, sandbox, monkeypatch):
     from accounts import twitch
 
-    monkeypatch.setattr(twitch, "RETRY_BASE_DELAY", 0.01)
+    monkeypatch.setattr(twitch.http, "RETRY_BASE_DELAY", 0.01)
     sandbox.fail("eventsub_list", status=503)
 
     with pytest.raises(CommandError) as failed:

@@ -141,7 +141,9 @@ async def test_a_hung_helix_raises_twitch_unavailable_within_the_timeout(
         started = time.monotonic()
         with pytest.raises(twitch.TwitchUnavailable):
             await first(client.get_users())
-    assert time.monotonic() - started < 2
+    # Half the 8 s production timeout: the test's short one applied, and nothing
+    # waits out the hang.
+    assert time.monotonic() - started < 4
 
 
 async def test_a_hung_twitch_at_the_start_raises_twitch_unavailable(
@@ -153,7 +155,9 @@ async def test_a_hung_twitch_at_the_start_raises_twitch_unavailable(
     with pytest.raises(twitch.TwitchUnavailable):
         async with twitch_for(alice):
             pass
-    assert time.monotonic() - started < 2
+    # Half the 8 s production timeout: the test's short one applied, and nothing
+    # waits out the hang.
+    assert time.monotonic() - started < 4
 
 
 async def test_a_call_after_a_failed_refresh_does_not_hang(
@@ -266,6 +270,8 @@ async def test_a_database_that_refuses_the_refresh_is_a_clear_error_and_loses_no
         with pytest.raises(TokenStoreUnavailable):
             async with twitch_for(alice):
                 pass
+    # The site's 5 s of patience with a refusing database, with room for a busy
+    # machine; not the 60 s a cron run has.
     assert time.monotonic() - started < 15
 
     async with twitch_for(alice) as client:  # the pair comes back from the spool

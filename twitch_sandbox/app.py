@@ -66,6 +66,7 @@ async def sandbox_middleware(
         return await handler(request)  # control calls, 404s and 405s
 
     app = request.app
+    app[LOG].arrive(endpoint)
     at = time.time()
     form: dict[str, str] = {}
     status = 0

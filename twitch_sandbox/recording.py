@@ -44,8 +44,28 @@ class RecordedRequest:
 class RequestLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Notified as each request arrives, for tests waiting on one.
+        self._arrival = threading.Condition(self._lock)
         self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED)
         self._counts: Counter[tuple[str, str | None]] = Counter()
+        self._arrived: Counter[str] = Counter()
+
+    def arrive(self, endpoint: str) -> None:
+        """A request has come in; it is recorded once answered (or given up)."""
+        with self._arrival:
+            self._arrived[endpoint] += 1
+            self._arrival.notify_all()
+
+    def wait_for_arrival(self, endpoint: str, count: int, timeout: float) -> None:
+        check_recorded_endpoint(endpoint)
+        with self._arrival:
+            if not self._arrival.wait_for(
+                lambda: self._arrived[endpoint] >= count, timeout
+            ):
+                raise TimeoutError(
+                    f"{self._arrived[endpoint]} of {count} {endpoint} request(s)"
+                    f" arrived within {timeout} s"
+                )
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
@@ -58,10 +78,7 @@ class RequestLog:
             return list(self._requests)
 
     def count(self, endpoint: str, *, grant_type: str | None = None) -> int:
-        if endpoint not in RECORDED_ENDPOINTS:
-            raise ValueError(
-                f"unknown endpoint {endpoint!r}; use one of {RECORDED_ENDPOINTS}"
-            )
+        check_recorded_endpoint(endpoint)
         with self._lock:
             if grant_type is not None:
                 return self._counts[endpoint, grant_type]
@@ -78,3 +95,11 @@ class RequestLog:
         with self._lock:
             self._requests.clear()
             self._counts.clear()
+            self._arrived.clear()
+
+
+def check_recorded_endpoint(endpoint: str) -> None:
+    if endpoint not in RECORDED_ENDPOINTS:
+        raise ValueError(
+            f"unknown endpoint {endpoint!r}; use one of {RECORDED_ENDPOINTS}"
+        )

@@ -479,6 +479,16 @@ class Sandbox:
         """Requests recorded for ``endpoint``, optionally of one grant type."""
         return self.log.count(endpoint, grant_type=grant_type)
 
+    def wait_for_request(
+        self, endpoint: str, *, count: int = 1, timeout: float = 10.0
+    ) -> None:
+        """Return once ``count`` requests for ``endpoint`` have arrived since the
+        last reset, answered or not: a request held by latency or a hang counts
+        as soon as it comes in, though it is recorded only once it ends. For a
+        test that acts while the site waits on Twitch; TimeoutError after
+        ``timeout`` seconds. From async code: ``await asyncio.to_thread(...)``."""
+        self.log.wait_for_arrival(endpoint, int(count), float(timeout))
+
     def stats(self) -> dict[str, object]:
         """Requests per endpoint and refreshes overall, for a benchmark."""
         return {"counts": self.log.counts(), "refreshes": self.ledger.refresh_count()}
