@@ -22,6 +22,10 @@ from accounts.tokens.schedule import LEASE_NEEDED, Plan
 logger = logging.getLogger(__name__)
 
 UNDECRYPTABLE = "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KEYS."
+CANNOT_RENEW = (
+    "Twitch sent no refresh token with this access token, which has now expired or "
+    "been refused: the user must reconnect."
+)
 
 
 @sensitive_variables()
@@ -52,6 +56,16 @@ async def ask_twitch(
             Verdict.UNFINISHED, validation=Attempt.UNDECRYPTABLE, error=UNDECRYPTABLE
         )
 
+    if not token.refresh_token:
+        # Twitch sent no refresh token with the access token we hold: it is used
+        # while it lasts (a refresh "now" cannot wait for it to expire).
+        expired = token.expires_at is not None and token.expires_at <= now
+        if wants_refresh and (plan.refresh_within is None or expired):
+            return Findings(
+                Verdict.CANNOT_RENEW, refresh=Attempt.REJECTED, error=CANNOT_RENEW
+            )
+        wants_refresh = False
+
     refresh: Attempt | None = None
     validation: Attempt | None = None
     grant: twitch.TokenGrant | None = None
@@ -70,6 +84,10 @@ async def ask_twitch(
             except twitch.InvalidCredential as rejected:
                 # Twitch answered, so this counts as the hourly validation.
                 validation = Attempt.REJECTED
+                if not token.refresh_token:
+                    return Findings(
+                        Verdict.CANNOT_RENEW, validation=validation, error=CANNOT_RENEW
+                    )
                 if refresh_before is not None and time.monotonic() > refresh_before:
                     return Findings(
                         Verdict.ACCESS_REJECTED,

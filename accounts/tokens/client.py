@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import DatabaseError
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import twitch
+from accounts.db import writer_turn
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens.engine import FLUSH_EVERY, Outcome, Plan, amaintain_tokens
 from accounts.tokens.replay import areplay_spool
@@ -77,7 +79,8 @@ async def twitch_for(
     if missing := [s for s in scopes if s not in (token.scopes or [])]:
         raise MissingScopes(user, missing)
     if (
-        token.expires_at is not None
+        token.refresh_token  # else used while it lasts: validation says when not
+        and token.expires_at is not None
         and token.expires_at <= timezone.now() + min_lifetime
     ):
         token = await _refresh_through_lease(token)
@@ -174,11 +177,17 @@ async def _record_validation(token: TwitchToken, info: twitch.TokenInfo) -> None
     now = timezone.now()
     token.login, token.scopes = info.login, info.scopes
     token.expires_at, token.last_validated_at = twitch.expires_at(now, None, info), now
-    await TwitchToken.objects.filter(
-        pk=token.pk, twitch_user_id=info.user_id, status=TwitchToken.Status.ACTIVE
-    ).aupdate(
-        login=token.login,
-        scopes=token.scopes,
-        expires_at=token.expires_at,
-        last_validated_at=now,
-    )
+    # One UPDATE in this process's writer turn (accounts/db.py): on Django's thread.
+    await sync_to_async(_store_validation)(token, user_id=info.user_id)
+
+
+def _store_validation(token: TwitchToken, *, user_id: str) -> None:
+    with writer_turn():
+        TwitchToken.objects.filter(
+            pk=token.pk, twitch_user_id=user_id, status=TwitchToken.Status.ACTIVE
+        ).update(
+            login=token.login,
+            scopes=token.scopes,
+            expires_at=token.expires_at,
+            last_validated_at=token.last_validated_at,
+        )

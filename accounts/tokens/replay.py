@@ -11,10 +11,10 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
 from django.utils import timezone
 
 from accounts import twitch
+from accounts.db import atomic_write
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens import spool
 
@@ -79,7 +79,7 @@ def _replay_abandoned(
 def _replay_one(
     entry: spool.Entry, *, source: TokenEvent.Source, actor: AbstractBaseUser | None
 ) -> _Replay:
-    with transaction.atomic():
+    with atomic_write():
         row = TwitchToken.objects.select_for_update().filter(pk=entry.token_pk).first()
         if row is None or row.status != TwitchToken.Status.ACTIVE:
             return _Replay.ORPHANED

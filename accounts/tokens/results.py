@@ -31,6 +31,8 @@ class Verdict(enum.Enum):
     VALIDATED = "validated"
     # Twitch calls the refresh token invalid: the user must reconnect.
     DEAD_GRANT = "dead grant"
+    # No refresh token (Twitch sent none), and the access token is over.
+    CANNOT_RENEW = "cannot be renewed"
     # Twitch calls it invalid after an attempt whose answer was lost, which may
     # have rotated it: not proof that the user must reconnect.
     MAYBE_DEAD_GRANT = "maybe dead grant"
@@ -90,6 +92,7 @@ VERDICT_OUTCOMES = {
     Verdict.REFRESHED_WITHOUT_ACCESS: Outcome.FAILED,
     Verdict.VALIDATED: Outcome.VALIDATED,
     Verdict.DEAD_GRANT: Outcome.NEEDS_RECONNECT,
+    Verdict.CANNOT_RENEW: Outcome.NEEDS_RECONNECT,
     Verdict.MAYBE_DEAD_GRANT: Outcome.FAILED,
     Verdict.ACCESS_REJECTED: Outcome.FAILED,
     Verdict.UNFINISHED: Outcome.FAILED,

@@ -11,22 +11,28 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 from django.utils import timezone
 
 from accounts import twitch
+from accounts.db import atomic_write, writer_turn
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens.results import Attempt, Result, Stored, Verdict
 from accounts.tokens.schedule import LEASE, LEASE_GRACE, PINNED, Plan
 
 logger = logging.getLogger(__name__)
 
+NO_REFRESH_TOKEN = (
+    "Twitch sent no refresh token: the connection works until its access token "
+    "expires, then needs a reconnect."
+)
+
 
 def claim(pks: list[int], *, plan: Plan) -> list[TwitchToken]:
     """Lease the tokens among `pks` that are still due and that no run holds."""
     now = timezone.now()
     lease = now + LEASE
-    with transaction.atomic():
+    with atomic_write():
         # On PostgreSQL, rows another run has locked are skipped, not waited for;
         # SQLite has no row locks, but its IMMEDIATE transactions serialise claims.
         claimable = list(
@@ -47,10 +53,11 @@ def release_quietly(tokens: list[TwitchToken]) -> None:
     """Give back leases of tokens a run claimed but never started on, if the
     database lets us; otherwise they lapse after LEASE."""
     try:
-        for token in tokens:
-            TwitchToken.objects.filter(
-                pk=token.pk, claimed_until=token.claimed_until
-            ).update(claimed_until=None)
+        with writer_turn():
+            for token in tokens:
+                TwitchToken.objects.filter(
+                    pk=token.pk, claimed_until=token.claimed_until
+                ).update(claimed_until=None)
     except DatabaseError:
         logger.warning(
             "could not release %s leases; they lapse by themselves", len(tokens)
@@ -91,7 +98,7 @@ def _store_batch(
     now = timezone.now()
     stored: list[Stored] = []
     written: list[tuple[Result, dict[str, Any], Stored]] = []
-    with transaction.atomic():
+    with atomic_write():
         for result in results:
             superseded = _was_superseded(result)
             changes = changes_for(result, now=now, superseded=superseded)
@@ -128,16 +135,18 @@ def _store_batch(
 
 def _give_up_storing(result: Result) -> Stored:
     error = "Could not be stored; see the logs."
-    if result.findings.grant is not None:
-        # Pinned: nobody may present the old refresh token before a later run has
-        # stored this grant from the spool (the replay releases the pin).
-        TwitchToken.objects.filter(pk=result.token.pk).update(
-            claimed_until=timezone.now() + PINNED, last_error=error
-        )
-    else:
-        TwitchToken.objects.filter(
-            pk=result.token.pk, claimed_until=result.lease
-        ).update(claimed_until=None, last_error=error)
+    # After the batch rolled back: outside any transaction.
+    with writer_turn():
+        if result.findings.grant is not None:
+            # Pinned: nobody may present the old refresh token before a later run
+            # has stored this grant from the spool (the replay releases the pin).
+            TwitchToken.objects.filter(pk=result.token.pk).update(
+                claimed_until=timezone.now() + PINNED, last_error=error
+            )
+        else:
+            TwitchToken.objects.filter(
+                pk=result.token.pk, claimed_until=result.lease
+            ).update(claimed_until=None, last_error=error)
     return Stored.FAILED
 
 
@@ -188,8 +197,11 @@ def changes_for(result: Result, *, now: datetime, superseded: bool) -> dict[str,
             changes["expires_at"] = twitch.expires_at(now, None, found.info)
     if superseded:
         return changes
-    if found.verdict is Verdict.DEAD_GRANT:
+    if found.verdict in (Verdict.DEAD_GRANT, Verdict.CANNOT_RENEW):
         changes["status"] = TwitchToken.Status.NEEDS_RECONNECT
+    if found.grant is not None and not found.grant.refresh_token:
+        # The refresh token we presented is spent and Twitch sent no other.
+        changes["last_error"] = NO_REFRESH_TOKEN
     if found.error:
         changes["last_error"] = found.error[:200]
     return changes

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,7 +57,8 @@ MAX_EXPIRES_IN = 366 * 24 * 3600
 class TokenGrant:
     """What the token endpoint hands out for a code or a refresh token."""
 
-    # "" when a refresh answer held none that is usable (see `refresh`).
+    # "" when a refresh answer held none that is usable (see `refresh`): the
+    # other token is then kept, and that one's absence dealt with.
     access_token: str = field(repr=False)
     refresh_token: str = field(repr=False)
     # None when Twitch left it out (old client ids) or sent something unusable:
@@ -134,9 +135,20 @@ async def refresh(refresh_token: str) -> TokenGrant:
     yields a whole pair. When that cannot be done, the grant comes back with an
     empty access token: its refresh token is the newest Twitch handed out, to be
     kept and refreshed again.
+
+    An answer with a usable access token but no usable refresh token (null, empty,
+    missing) is tested by validating the access token: one Twitch issued means it
+    acted on the request, so ours is spent, and the grant comes back with an empty
+    refresh token (the access token is used while it lasts; then the user must
+    reconnect). One Twitch never issued means nothing was rotated.
     """
     grant = _token_grant(await _refresh_answer(refresh_token), partial=True)
+    if grant.access_token and not grant.refresh_token:
+        return await _confirm_access_only(grant, retryable=True)
     for follow_up in range(1, MAX_PARTIAL_ANSWERS):
+        if grant.access_token and not grant.refresh_token:
+            # Twitch took the refresh token it had sent us: nothing to go back to.
+            return await _confirm_access_only(grant, retryable=False)
         if grant.access_token:
             return grant
         try:
@@ -156,6 +168,24 @@ async def refresh(refresh_token: str) -> TokenGrant:
             ) from None
         except TwitchError:
             return grant  # unconfirmed, but the best refresh token there is
+    return grant
+
+
+@sensitive_variables()
+async def _confirm_access_only(grant: TokenGrant, *, retryable: bool) -> TokenGrant:
+    try:
+        info = await validate(grant.access_token)
+    except InvalidCredential:
+        raise TwitchUnavailable(
+            "Twitch's token endpoint answered without a usable token pair.",
+            retryable=retryable,
+        ) from None
+    except TwitchError:
+        # Unknown whether Twitch acted: ours may be spent, so it is not presented
+        # again; the access token is kept, unconfirmed.
+        return grant
+    if grant.expires_in is None and info.expires_in:
+        return replace(grant, expires_in=info.expires_in)
     return grant
 
 
@@ -259,11 +289,12 @@ def expires_at(
 
 
 def _token_grant(body: dict[str, Any], *, partial: bool = False) -> TokenGrant:
-    """The grant in a token answer. With `partial`, an answer with a usable refresh
-    token but none for access is a grant with an empty access token."""
+    """The grant in a token answer. With `partial`, an answer with one usable token
+    of the two is a grant with the other empty."""
     access_token = body.get("access_token")
     refresh_token = body.get("refresh_token")
-    if not _is_token(refresh_token) or not (partial or _is_token(access_token)):
+    usable = (_is_token(access_token), _is_token(refresh_token))
+    if not (all(usable) or (partial and any(usable))):
         raise TwitchUnavailable(
             "Twitch's token endpoint answered without a usable token pair."
         )
@@ -280,7 +311,8 @@ def _token_grant(body: dict[str, Any], *, partial: bool = False) -> TokenGrant:
         )
     return TokenGrant(
         access_token=access_token,
-        refresh_token=refresh_token,
+        # "" when Twitch sent none that is usable (see `refresh`).
+        refresh_token=refresh_token if _is_token(refresh_token) else "",
         expires_in=_expires_in(body.get("expires_in"), allow_zero=False),
         scopes=scopes,
     )
