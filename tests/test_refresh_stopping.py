@@ -9,6 +9,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -138,3 +139,33 @@ async def test_site_code_cancelled_during_a_refresh_keeps_the_new_pair(alice, sa
 
 def _stored(token: TwitchToken) -> TwitchToken:
     return TwitchToken.objects.get(pk=token.pk)
+
+
+def test_a_signal_leaves_a_hung_call_one_timeout_not_three_attempts(alice, sandbox):
+    token = expiring(make_token(alice, sandbox))
+    sandbox.hang("token")  # every attempt would wait out the 8 s timeout
+    command = [sys.executable, "manage.py", "refresh_tokens", "--no-validate"]
+    run = subprocess.Popen(
+        command,
+        cwd=BASE_DIR,
+        env=process_env(sandbox),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sandbox.wait_for_request("token", timeout=30)
+        started = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+        stopped_after = time.monotonic() - started
+    finally:
+        if run.poll() is None:
+            run.kill()
+
+    assert run.returncode == 128 + signal.SIGTERM
+    # The call in flight runs to its 8 s timeout and is not tried again: without
+    # the stop, two more attempts would hold the run some 25 s.
+    assert stopped_after < 16
+    assert sandbox.count("token") == 1
+    assert _stored(token).refresh_token == token.refresh_token  # nothing happened

@@ -36,10 +36,12 @@ async def ask_twitch(
     attempts: int,
     keep: Callable[[twitch.TokenGrant], None],
     refresh_before: float | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> Findings:
     """Do what `plan` wants of one claimed token. A refresh that validation calls
-    for is left to the next run once `refresh_before` (time.monotonic) has passed.
-    Never raises: one token's surprise must not cost the others their results."""
+    for is left to the next run once `refresh_before` (time.monotonic) has passed;
+    once `stopping()` says so, a failed call is not tried again. Never raises: one
+    token's surprise must not cost the others their results."""
     assert token.claimed_until is not None
     now = timezone.now()
     if token.claimed_until - now < LEASE_NEEDED:
@@ -76,7 +78,9 @@ async def ask_twitch(
         if wants_validation and not wants_refresh:
             try:
                 info = await twitch.with_retries(
-                    lambda: twitch.validate(token.access_token), attempts=attempts
+                    lambda: twitch.validate(token.access_token),
+                    attempts=attempts,
+                    stopping=stopping,
                 )
                 return Findings(
                     Verdict.VALIDATED, validation=Attempt.SUCCEEDED, info=info
@@ -109,7 +113,9 @@ async def ask_twitch(
         # 2. The refresh.
         try:
             grant = await twitch.with_retries(
-                lambda: twitch.refresh(token.refresh_token), attempts=attempts
+                lambda: twitch.refresh(token.refresh_token),
+                attempts=attempts,
+                stopping=stopping,
             )
         except twitch.InvalidCredential as rejected:
             verdict = (
@@ -152,7 +158,9 @@ async def ask_twitch(
             # storing it would replace a refresh token that may well still work.
             try:
                 info = await twitch.with_retries(
-                    lambda: twitch.validate(grant.access_token), attempts=attempts
+                    lambda: twitch.validate(grant.access_token),
+                    attempts=attempts,
+                    stopping=stopping,
                 )
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:
@@ -168,7 +176,9 @@ async def ask_twitch(
         if wants_validation and validation is None:
             try:
                 info = await twitch.with_retries(
-                    lambda: twitch.validate(grant.access_token), attempts=attempts
+                    lambda: twitch.validate(grant.access_token),
+                    attempts=attempts,
+                    stopping=stopping,
                 )
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:

@@ -251,6 +251,7 @@ class Run:
             attempts=self.attempts,
             keep=keep,
             refresh_before=self.start_before,
+            stopping=self.stop_requested,
         )
         if kept and findings.grant is None:
             self.unstored -= 1  # Twitch's answer turned out unusable

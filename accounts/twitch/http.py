@@ -231,8 +231,15 @@ def unavailable(endpoint: str, error: BaseException) -> TwitchUnavailable:
     )
 
 
-async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -> T:
-    """Retry transient failures with backoff, honouring Twitch's rate-limit reset."""
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 3,
+    stopping: Callable[[], bool] | None = None,
+) -> T:
+    """Retry transient failures with backoff, honouring Twitch's rate-limit reset.
+    Once `stopping()` says so (the process is asked to stop), no attempt follows:
+    the call in flight is the last, bounded by the timeout."""
     unanswered = False
     for attempt in range(1, attempts + 1):
         try:
@@ -243,6 +250,8 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = 3) -
         except TwitchUnavailable as error:
             unanswered = unanswered or not error.rate_limited
             if attempt == attempts or not error.retryable:
+                raise
+            if stopping is not None and stopping():
                 raise
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
             if error.retry_after is not None:
