@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,11 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib.staticfiles.storage import ManifestFilesMixin
 from django.core import checks
-from django.core.checks.security import base as django_security
-from django.core.checks.security import csrf as django_csrf
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
 from accounts import crypto
+from accounts.tokens import spool
 from accounts.twitch import KNOWN_SCOPES
 
 
@@ -244,6 +242,25 @@ def check_eventsub(**kwargs: Any) -> list[checks.CheckMessage]:
 
 
 @checks.register()
+def check_spool_readable(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Token pairs set aside because no configured key decrypts them: Twitch may
+    have rotated the refresh tokens they replaced, so they are the only working
+    copies until a key reads them."""
+    if not (count := spool.unreadable_count()):
+        return []
+    return [
+        checks.Warning(
+            f"{count} token pair(s) in TOKEN_SPOOL_DIR cannot be decrypted with "
+            "TOKEN_ENCRYPTION_KEYS; they are kept aside until a key reads them.",
+            hint="Put the key they were written with back in TOKEN_ENCRYPTION_KEYS "
+            f"(after the current one) and run refresh_tokens; delete "
+            f"{spool.directory()}/*{spool.UNREADABLE_SUFFIX} only to give them up.",
+            id="accounts.W012",
+        )
+    ]
+
+
+@checks.register()
 def check_validation_interval(**kwargs: Any) -> list[checks.CheckMessage]:
     """Twitch requires every kept token to be validated at least once an hour, and
     `refresh_tokens` runs only every few minutes on top of the interval."""
@@ -260,105 +277,3 @@ def check_validation_interval(**kwargs: Any) -> list[checks.CheckMessage]:
             id="accounts.E010",
         )
     ]
-
-
-# --- Django's middleware checks, for our subclasses of its middleware --------------
-#
-# Django's deploy checks look for its security, clickjacking and CSRF middleware by
-# exact path in MIDDLEWARE. Ours subclass them (accounts/middleware.py), so Django
-# reports them missing (security.W001-W003, silenced in settings) and passes every
-# check that needs them without looking. check_django_middleware runs those checks,
-# Django's own functions (so Django's ids, wording and logic), as if Django's path
-# were listed, and warns when neither it nor a subclass is. (The session cookie
-# checks also look at INSTALLED_APPS, so they warn either way: W010, not W012.)
-
-W008 = checks.Warning(
-    "Neither accounts.web.middleware.SecurityMiddleware nor Django's "
-    "SecurityMiddleware "
-    "is in MIDDLEWARE, so SECURE_HSTS_SECONDS, SECURE_CONTENT_TYPE_NOSNIFF, "
-    "SECURE_REFERRER_POLICY, SECURE_CROSS_ORIGIN_OPENER_POLICY and "
-    "SECURE_SSL_REDIRECT have no effect.",
-    hint="Put 'accounts.web.middleware.SecurityMiddleware' first in MIDDLEWARE.",
-    id="accounts.W008",
-)
-W009 = checks.Warning(
-    "Neither accounts.web.middleware.XFrameOptionsMiddleware nor Django's "
-    "XFrameOptionsMiddleware is in MIDDLEWARE, so pages are served without an "
-    "X-Frame-Options header and other sites can frame them (clickjacking).",
-    hint="Add 'accounts.web.middleware.XFrameOptionsMiddleware' to MIDDLEWARE.",
-    id="accounts.W009",
-)
-W010 = checks.Warning(
-    "Neither accounts.web.middleware.CsrfViewMiddleware nor Django's "
-    "CsrfViewMiddleware "
-    "is in MIDDLEWARE, so forms are not protected against cross-site request "
-    "forgery.",
-    hint="Add 'accounts.web.middleware.CsrfViewMiddleware' to MIDDLEWARE, after the "
-    "session middleware.",
-    id="accounts.W010",
-)
-
-# Django's path; the deploy checks of Django's that need it (Django 5.2); our warning
-# when neither it nor a subclass is in MIDDLEWARE.
-DJANGO_MIDDLEWARE_CHECKS: list[
-    tuple[str, list[Callable[..., list[checks.CheckMessage]]], checks.Warning]
-] = [
-    (
-        "django.middleware.security.SecurityMiddleware",
-        [
-            django_security.check_sts,
-            django_security.check_sts_include_subdomains,
-            django_security.check_sts_preload,
-            django_security.check_content_type_nosniff,
-            django_security.check_ssl_redirect,
-            django_security.check_referrer_policy,
-            django_security.check_cross_origin_opener_policy,
-        ],
-        W008,
-    ),
-    (
-        "django.middleware.clickjacking.XFrameOptionsMiddleware",
-        [django_security.check_xframe_deny],
-        W009,
-    ),
-    (
-        "django.middleware.csrf.CsrfViewMiddleware",
-        [django_csrf.check_csrf_cookie_secure],
-        W010,
-    ),
-]
-
-
-def _subclass_listed(path: str) -> bool:
-    """Whether MIDDLEWARE lists the class at path or a subclass of it (as Django's
-    admin checks find the session, auth and messages middleware)."""
-    cls = import_string(path)
-    for listed in settings.MIDDLEWARE:
-        try:
-            candidate = import_string(listed)
-        except ImportError:
-            continue  # Django reports it when it loads the middleware
-        if isinstance(candidate, type) and issubclass(candidate, cls):
-            return True
-    return False
-
-
-@checks.register(checks.Tags.security, deploy=True)
-def check_django_middleware(
-    app_configs: Any = None, **kwargs: Any
-) -> list[checks.CheckMessage]:
-    # Imported here: only deploy checks need django.test, never the served site.
-    from django.test.utils import override_settings
-
-    messages: list[checks.CheckMessage] = []
-    for path, django_checks, missing in DJANGO_MIDDLEWARE_CHECKS:
-        if path in settings.MIDDLEWARE:
-            continue  # Django's own checks see it: running them again would repeat
-        if not _subclass_listed(path):
-            messages.append(missing)
-            continue
-        # Checks run before any request is served, so the brief swap is safe.
-        with override_settings(MIDDLEWARE=[*settings.MIDDLEWARE, path]):
-            for check in django_checks:
-                messages.extend(check(app_configs))
-    return messages

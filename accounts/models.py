@@ -120,7 +120,11 @@ class TwitchToken(models.Model):
 
     @property
     def is_usable(self) -> bool:
-        return self.status == self.Status.ACTIVE and bool(self.refresh_token)
+        """Active, with a token to act with: a refresh token, or (when Twitch sent
+        none) an access token used while it lasts."""
+        return self.status == self.Status.ACTIVE and bool(
+            self.refresh_token or self.access_token
+        )
 
     def is_due_for_refresh(self, *, within: timedelta | None, now: datetime) -> bool:
         """The row's answer to `TwitchTokenQuerySet.due_for_refresh`."""
@@ -246,11 +250,12 @@ class EventSubMessage(models.Model):
     a message id seen before is answered and not handled again; every worker shares
     this table. Rows older than the replay window are pruned as new ones arrive."""
 
-    message_id = models.CharField(max_length=100, primary_key=True)
+    # The SHA-256 of the message id (hex): ids of any length are compared whole.
+    digest = models.CharField(max_length=64, primary_key=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     def __str__(self) -> str:
-        return self.message_id
+        return self.digest
 
 
 class EventSubRevocation(models.Model):

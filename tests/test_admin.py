@@ -593,57 +593,7 @@ def test_a_malformed_refresh_answer_is_a_warning_not_a_server_error(
     assert sandbox.is_refresh_token_valid(stored.refresh_token)
 
 
-# --- Lookups in the URL ---------------------------------------------------------------
-
-SECRET_LOOKUPS = [
-    ("/admin/accounts/twitchtoken/", "refresh_token__regex=^gAAAA[A-M]"),
-    ("/admin/accounts/twitchtoken/", "refresh_token__startswith=gAAAA"),
-    ("/admin/accounts/twitchtoken/", "access_token__gt=a"),
-    ("/admin/accounts/twitchtoken/", "claimed_until__isnull=False"),
-    ("/admin/accounts/tokenevent/", "token__refresh_token__startswith=g"),
-    ("/admin/auth/user/", "twitch_token__access_token__startswith=g"),
-    ("/admin/auth/user/", "password__startswith=md5"),
-]
-
-
-@pytest.mark.parametrize(("url", "query"), SECRET_LOOKUPS)
-def test_no_url_filter_can_probe_a_secret(admin_client, alice, sandbox, url, query):
-    make_token(alice, sandbox)
-
-    response = admin_client.get(f"{url}?{query}")
-
-    assert response.status_code == 400
-
-
-def test_view_only_staff_cannot_read_ciphertext_prefix_by_prefix(
-    staff_client, alice, sandbox
-):
-    make_token(alice, sandbox)
-    client = staff_client("view_twitchtoken")
-
-    response = client.get(f"{TOKENS}?refresh_token__regex=^gAAAA[A-M]")
-
-    assert response.status_code == 400
-
-
-@pytest.mark.parametrize(
-    "query",
-    ["login__regex=[", "login__iregex=(", "expires_at__gte=notadate", "status__in="],
-)
-def test_a_malformed_filter_is_never_a_server_error(
-    admin_client, alice, sandbox, query
-):
-    make_token(alice, sandbox)
-
-    response = admin_client.get(f"{TOKENS}?{query}")
-
-    assert response.status_code in (200, 302, 400)
-
-
-def test_the_list_s_own_filters_still_work(admin_client, alice, sandbox):
-    make_token(alice, sandbox)
-    for query in ["status__exact=active", "login=alice", "user__id__exact=1"]:
-        assert admin_client.get(f"{TOKENS}?{query}").status_code == 200
+# --- A slow Twitch, a database that refuses -------------------------------------------
 
 
 def test_a_slow_twitch_bounds_the_refresh_action_and_leaves_the_rest_to_cron(
@@ -669,6 +619,44 @@ def test_a_slow_twitch_bounds_the_refresh_action_and_leaves_the_rest_to_cron(
     # for Twitch's answers would take.
     assert elapsed < 5, f"{elapsed:.1f} s"
     assert not TwitchToken.objects.filter(claimed_until__isnull=False).exists()
+
+
+def test_a_hung_twitch_bounds_the_revoke_action_which_says_what_is_left(
+    admin_client, make_user, sandbox, monkeypatch
+):
+    import aiohttp
+
+    from accounts import admin as token_admin
+
+    monkeypatch.setattr(twitch.http, "TIMEOUT", aiohttp.ClientTimeout(total=0.5))
+    monkeypatch.setattr(token_admin, "ACTION_START_BUDGET", 0.2)
+    tokens = [make_token(make_user(f"viewer{n}"), sandbox) for n in range(30)]
+    sandbox.hang("revoke", times=20)  # the first twenty started: 0.5 s each
+
+    started = time.monotonic()
+    response = act(admin_client, "revoke_tokens", tokens, post="yes")
+    elapsed = time.monotonic() - started
+
+    [(level, message)] = said(response)
+    assert level == "warning"
+    assert message.startswith("20 revoked locally but Twitch was unreachable.")
+    assert message.endswith(
+        " 10 not revoked yet (Twitch is slow just now) and still connected: select "
+        "them again and run the action to continue (those already revoked are "
+        "skipped)."
+    )
+    # Starts within 0.2 s, one 0.5 s call each: not the 1.5 s of all thirty, nor
+    # the 8 s a hung Twitch holds each call in production.
+    assert elapsed < 5, f"{elapsed:.1f} s"
+    left = TwitchToken.objects.filter(status=ACTIVE)
+    assert left.count() == 10
+    assert not TokenEvent.objects.filter(token__in=left).exists()
+    assert all(sandbox.is_access_token_valid(token.access_token) for token in left)
+
+    again = act(admin_client, "revoke_tokens", tokens, post="yes")
+
+    assert said(again) == [("success", "10 revoked, 20 already revoked.")]
+    assert not TwitchToken.objects.filter(status=ACTIVE).exists()
 
 
 def test_a_database_that_refuses_writes_is_an_error_message_not_a_500(
@@ -703,8 +691,3 @@ def test_validate_leaves_refreshes_to_cron_once_its_budget_is_spent(
     assert level == "warning" and message.startswith("3 failed")
     assert "next run refreshes it" in TwitchToken.objects.first().last_error
     assert not TwitchToken.objects.filter(claimed_until__isnull=False).exists()
-
-
-def test_a_nul_byte_in_a_filter_is_a_400(admin_client, alice, sandbox):
-    make_token(alice, sandbox)
-    assert admin_client.get(f"{TOKENS}?login=%00").status_code == 400

@@ -35,15 +35,18 @@ def twitch_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f") + "123Z"
 
 
-def signed(
-    body: dict,
+def signed(body: dict, **options) -> tuple[bytes, dict[str, str]]:
+    return signed_raw(json.dumps(body).encode(), **options)
+
+
+def signed_raw(
+    raw: bytes,
     *,
     message_type: str = "notification",
     message_id: str | None = None,
     sent: datetime | None = None,
     secret: str = SECRET,
 ) -> tuple[bytes, dict[str, str]]:
-    raw = json.dumps(body).encode()
     message_id = message_id or secrets.token_hex(8)
     timestamp = twitch_time(sent or datetime.now(UTC))
     signature = hmac.new(
@@ -260,18 +263,55 @@ async def test_the_endpoint_is_off_without_its_settings(settings):
 
 
 async def test_a_signed_body_that_is_not_json_is_a_400_not_a_500():
-    raw = b"not json"
-    _, headers = signed({})
-    timestamp = headers["Twitch-Eventsub-Message-Timestamp"]
-    message_id = headers["Twitch-Eventsub-Message-Id"]
-    headers["Twitch-Eventsub-Message-Signature"] = (
-        "sha256="
-        + hmac.new(
-            SECRET.encode(), (message_id + timestamp).encode() + raw, hashlib.sha256
-        ).hexdigest()
-    )
+    assert (await post(*signed_raw(b"not json"))).status_code == 400
 
-    assert (await post(raw, headers)).status_code == 400
+
+async def test_a_signed_body_nested_100_000_deep_is_a_400_not_a_500():
+    raw = b'{"event": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert (await post(*signed_raw(raw))).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("message_type", "where"),
+    [
+        ("notification", ("event", "user_id")),
+        ("notification", ("event", "user_login")),
+        ("revocation", ("subscription", "status")),
+        ("revocation", ("subscription", "id")),
+    ],
+    ids=["user_id", "user_login", "subscription-status", "subscription-id"],
+)
+@pytest.mark.parametrize("text", ["12\x0034", "12\ud80034"], ids=["nul", "surrogate"])
+async def test_text_no_database_stores_in_a_signed_body_is_a_400_not_a_500(
+    alice, sandbox, message_type, where, text
+):
+    token = await amake_token(alice, sandbox)
+    body = revoke_notification(token.twitch_user_id)
+    body["subscription"]["status"] = "authorization_revoked"
+    outer, field = where
+    body[outer][field] = text  # JSON escapes both: \u0000, \ud800
+
+    response = await post(*signed(body, message_type=message_type))
+
+    assert response.status_code == 400
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+    assert not await EventSubRevocation.objects.aexists()
+
+
+async def test_message_ids_are_compared_whole(alice, bob, sandbox):
+    alices = await amake_token(alice, sandbox)
+    bobs = await amake_token(bob, sandbox)
+    shared = "m" * 100  # ids alike in their first hundred characters
+
+    first = signed(revoke_notification(alices.twitch_user_id), message_id=shared + "1")
+    second = signed(revoke_notification(bobs.twitch_user_id), message_id=shared + "2")
+    assert (await post(*first)).status_code == 204
+    assert (await post(*second)).status_code == 204
+
+    assert (await TwitchToken.objects.aget(pk=bobs.pk)).status == "revoked"
+    assert await TokenEvent.objects.filter(source="twitch").acount() == 2
+    assert (await post(*first)).status_code == 204  # a long id seen before
+    assert await TokenEvent.objects.filter(source="twitch").acount() == 2
 
 
 async def test_a_failure_while_revoking_is_not_taken_for_a_message_seen_before(

@@ -1,20 +1,26 @@
 """SQLite: a process's writers take turns rather than racing in SQLite's busy
-handler (twitchauth_site/sqlite/base.py)."""
+handler (accounts/db.py), in the site's own write paths."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, connection
+
+from accounts.db import atomic_write, writer_turn
+from accounts.web.sessions import SessionStore
+from tests.conftest import connect_twitch, page
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's own backend"),
+    pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's busy handler"),
 ]
 
 
@@ -34,10 +40,17 @@ def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseExce
     return thread, errors
 
 
-def with_timeout(seconds: float) -> None:
-    """This thread's connection only: the settings dict itself is shared."""
-    options = {**connection.settings_dict["OPTIONS"], "timeout": seconds}
-    connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
+def with_timeout(seconds: float) -> Callable[[], None]:
+    """This thread's connection only (the settings dict itself is shared); returns
+    what puts it back."""
+    before = connection.settings_dict
+    options = {**before["OPTIONS"], "timeout": seconds}
+    connection.settings_dict = {**before, "OPTIONS": options}
+
+    def restore() -> None:
+        connection.settings_dict = before
+
+    return restore
 
 
 def never_waits_inside_sqlite() -> None:
@@ -52,7 +65,7 @@ def long_transaction(
     """A transaction that writes, says so, and commits when told."""
 
     def work() -> None:
-        with transaction.atomic():
+        with atomic_write():
             User.objects.create(username="first")
             in_transaction.set()
             may_commit.wait(timeout=10)
@@ -66,7 +79,8 @@ def test_a_write_waits_its_turn_while_a_transaction_writes_then_goes_through():
     def later_write() -> None:
         never_waits_inside_sqlite()
         in_transaction.wait(timeout=10)
-        User.objects.create(username="second")
+        with writer_turn():
+            User.objects.create(username="second")
 
     first, first_errors = in_thread(long_transaction(in_transaction, may_commit))
     second, second_errors = in_thread(later_write)
@@ -80,19 +94,57 @@ def test_a_write_waits_its_turn_while_a_transaction_writes_then_goes_through():
     assert set(User.objects.values_list("username", flat=True)) == {"first", "second"}
 
 
+def test_a_session_save_waits_its_turn_then_goes_through():
+    session = SessionStore()
+    session["pending"] = "first"
+    session.save()
+    in_transaction, may_commit = threading.Event(), threading.Event()
+
+    def save_meanwhile() -> None:
+        never_waits_inside_sqlite()
+        in_transaction.wait(timeout=10)
+        session["pending"] = "second"
+        session.save()
+
+    first, first_errors = in_thread(long_transaction(in_transaction, may_commit))
+    second, second_errors = in_thread(save_meanwhile)
+    second.join(timeout=0.5)
+    assert second.is_alive(), "the session save went ahead of its turn"
+    may_commit.set()
+    first.join(timeout=10)
+    second.join(timeout=10)
+
+    assert first_errors == second_errors == []
+    assert SessionStore(session.session_key)["pending"] == "second"
+
+
 def test_a_rolled_back_transaction_gives_up_its_turn():
-    with pytest.raises(RuntimeError), transaction.atomic():
+    with pytest.raises(RuntimeError), atomic_write():
         User.objects.create(username="rolled-back")
         raise RuntimeError
 
     def write() -> None:
         never_waits_inside_sqlite()
-        User.objects.create(username="after")
+        with writer_turn():
+            User.objects.create(username="after")
 
     thread, errors = in_thread(write)
     thread.join(timeout=10)
     assert errors == []
     assert list(User.objects.values_list("username", flat=True)) == ["after"]
+
+
+def test_a_turn_inside_a_turn_is_the_same_turn():
+    def nested() -> None:
+        never_waits_inside_sqlite()
+        with writer_turn(), writer_turn(), atomic_write(), atomic_write():
+            User.objects.create(username="nested")
+
+    thread, errors = in_thread(nested)
+    thread.join(timeout=2)
+    assert not thread.is_alive(), "a thread waited for its own turn"
+    assert errors == []
+    assert User.objects.filter(username="nested").exists()
 
 
 def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
@@ -101,7 +153,8 @@ def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
     def impatient_write() -> None:
         with_timeout(0.2)
         in_transaction.wait(timeout=10)
-        User.objects.create(username="second")
+        with writer_turn():
+            User.objects.create(username="second")
 
     first, _ = in_thread(long_transaction(in_transaction, may_commit))
     second, errors = in_thread(impatient_write)
@@ -114,13 +167,32 @@ def test_a_turn_that_never_comes_is_database_is_locked_as_sqlite_says_it():
     assert str(errors[0]) == "database is locked"
 
 
+async def test_a_write_whose_turn_never_comes_is_the_503_page(alice_client, sandbox):
+    await connect_twitch(alice_client, login="alicestreams")
+    in_transaction, may_commit = threading.Event(), threading.Event()
+    holder, _ = in_thread(long_transaction(in_transaction, may_commit))
+    await asyncio.to_thread(in_transaction.wait, 10)
+    # The request's connection is open already, with SQLite's 20-second busy
+    # wait: only the turn's wait is this short.
+    restore = await sync_to_async(with_timeout)(0.2)
+    try:
+        response = await alice_client.post("/twitch/disconnect/")
+    finally:
+        await sync_to_async(restore)()
+        may_commit.set()
+        await asyncio.to_thread(holder.join, 10)
+
+    assert response.status_code == 503
+    assert "database is not answering" in page(response)
+
+
 def test_a_write_after_sqlite_rolled_back_by_itself_fails_at_once_and_whole():
     # As after a full disk or an I/O error: SQLite ends the transaction, Django's
-    # atomic block goes on. Its next write must neither queue behind its own turn
-    # nor commit on its own, half of the block.
+    # atomic block goes on. Its next write must not commit on its own, half of the
+    # block.
     def rolled_back_then_written() -> None:
         with_timeout(5)
-        with transaction.atomic():
+        with atomic_write():
             User.objects.create(username="first")
             connection.connection.execute("ROLLBACK")  # behind Django's back
             started = time.monotonic()
@@ -151,8 +223,9 @@ def test_waiting_for_the_turn_and_for_another_process_stays_within_the_timeout()
     def first_writer() -> None:
         with_timeout(0.6)
         connection.ensure_connection()
-        took_turn.set()
-        User.objects.create(username="first")
+        with writer_turn():
+            took_turn.set()
+            User.objects.create(username="first")
 
     def next_writer() -> None:
         with_timeout(1)
@@ -160,7 +233,8 @@ def test_waiting_for_the_turn_and_for_another_process_stays_within_the_timeout()
         took_turn.wait(timeout=10)
         started = time.monotonic()
         try:
-            User.objects.create(username="next")
+            with writer_turn():
+                User.objects.create(username="next")
         finally:
             waited.append(time.monotonic() - started)
             with connection.cursor() as cursor:
@@ -169,8 +243,6 @@ def test_waiting_for_the_turn_and_for_another_process_stays_within_the_timeout()
 
     try:
         first, first_errors = in_thread(first_writer)
-        took_turn.wait(timeout=10)
-        time.sleep(0.05)  # the first writer is at its turn, or inside SQLite
         second, second_errors = in_thread(next_writer)
         first.join(timeout=10)
         second.join(timeout=10)

@@ -1,6 +1,6 @@
 """Static files as deployed: `collectstatic`, then the site (uvicorn, DEBUG off)
 serves them itself, under hashed names that browsers, proxies and CDNs may keep for
-a year; and every other request passes by without a hop to a thread."""
+a year."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ import gzip
 import re
 
 import aiohttp
-from asgiref.sync import iscoroutinefunction
-from django.http import HttpRequest, HttpResponse
-from django.test import AsyncRequestFactory
-
-from accounts.web import middleware
 
 A_YEAR = 365 * 24 * 60 * 60
 HASHED_STYLESHEET = re.compile(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"')
@@ -77,32 +72,3 @@ async def test_an_unknown_static_file_is_a_plain_not_found_page(deployed_site):
     assert answer.headers["Content-Type"].startswith("text/html")
     assert b"Not Found" in body
     assert b"Traceback" not in body
-
-
-async def test_only_static_requests_go_to_a_thread(monkeypatch):
-    # The real sync_to_async, watched: a call to it is a hop to a thread.
-    hops = []
-    sync_to_async = middleware.sync_to_async
-
-    def watched(function, **options):
-        hops.append(function.__name__)
-        return sync_to_async(function, **options)
-
-    monkeypatch.setattr(middleware, "sync_to_async", watched)
-
-    async def view(request: HttpRequest) -> HttpResponse:
-        return HttpResponse("a page")
-
-    static_files = middleware.StaticFiles(view)
-    requests = AsyncRequestFactory()
-    assert iscoroutinefunction(static_files)
-
-    page = await static_files(requests.get("/accounts/login/"))
-    assert page.content == b"a page"
-    assert hops == []
-
-    stylesheet = await static_files(requests.get("/static/admin/css/base.css"))
-    assert stylesheet["Content-Type"].startswith("text/css")
-    assert hops == ["serve_if_found"]
-    # Read on that one hop: a streamed file would cost Django a second one.
-    assert not stylesheet.streaming

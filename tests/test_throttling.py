@@ -111,3 +111,16 @@ def test_no_password_is_stored_with_the_attempts(client, alice):
     sign_in(client, "/accounts/login/", "hunter2-secret")
     attempt = AccessAttempt.objects.get(username="alice")
     assert "hunter2-secret" not in str(attempt.post_data) + str(attempt.get_data)
+
+
+@pytest.mark.parametrize("url", LOGIN_PAGES)
+def test_a_username_longer_than_any_account_s_is_refused_by_the_form(client, url):
+    from axes.models import AccessAttempt
+
+    response = sign_in(client, url, "wrong", username="a" * 256)
+
+    # A page that says what is wrong, not a 500 from django-axes recording a
+    # failure for a name its column (255 characters) cannot hold.
+    assert response.status_code == 200
+    assert "at most 150 characters (it has 256)" in page(response)
+    assert not AccessAttempt.objects.exists()

@@ -158,6 +158,26 @@ async def test_a_redirect_mismatch_alerts_operators_only_from_our_own_flow(
     assert len(errors) == 1 and "TWITCH_REDIRECT_URI" in errors[0].getMessage()
 
 
+async def test_a_redirect_mismatch_without_state_alerts_once_per_pending_flow(
+    alice_client, caplog
+):
+    def errors() -> int:
+        return len([r for r in caplog.records if r.levelname == "ERROR"])
+
+    await start_connect(alice_client)
+    for _ in range(50):  # the browser reloads the page Twitch sent it to
+        response = await alice_client.get(
+            "/twitch/callback/", {"error": "redirect_mismatch"}
+        )
+        assert response.status_code == 400
+    assert errors() == 1
+
+    await start_connect(alice_client)  # a new flow, the same answer: news again
+    for _ in range(3):
+        await alice_client.get("/twitch/callback/", {"error": "redirect_mismatch"})
+    assert errors() == 2
+
+
 async def test_a_return_address_twitch_does_not_know_alerts_operators(
     alice_client, sandbox, settings, caplog
 ):

@@ -44,28 +44,32 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # Django's and django-csp's own, with their I/O-free hooks run on the event
-    # loop (accounts/middleware.py says why); same order, same behaviour.
-    "accounts.web.middleware.SecurityMiddleware",
-    # The site's own static files (WhiteNoise), answered before the session, CSRF
-    # and user middleware, which they do not need.
-    "accounts.web.middleware.StaticFiles",
+    # Django's, WhiteNoise's and django-csp's own middleware. Run as a sync chain on
+    # the request's own thread: see OnTheRequestThread below.
+    "django.middleware.security.SecurityMiddleware",
+    # The site's own static files, answered before the session, CSRF and user
+    # middleware, which they do not need.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     # Early, so that every response (error pages included) carries the policy.
-    "accounts.web.middleware.CSPMiddleware",
-    "accounts.web.middleware.SessionMiddleware",
-    "accounts.web.middleware.CommonMiddleware",
-    "accounts.web.middleware.CsrfViewMiddleware",
-    "accounts.web.middleware.AuthenticationMiddleware",
-    "accounts.web.middleware.MessageMiddleware",
-    "accounts.web.middleware.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Right inside the session middleware: a session the database cannot save
+    # after the view is the 503 page too (accounts/web/middleware.py).
+    "accounts.web.middleware.SessionSaveMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # A database that refuses or does not answer is a 503 page, not a 500.
     "accounts.web.middleware.DatabaseUnavailableMiddleware",
+    # Sync only and below all of the above, so Django runs them on the request's
+    # thread in one trip, not one trip per hook; loads the signed-in user there.
+    "accounts.web.middleware.OnTheRequestThread",
     # Last, as django-axes asks: it turns a lockout into our 429 page.
     "axes.middleware.AxesMiddleware",
 ]
-# Django finds its middleware by path, not our subclasses; accounts.W008-W010 do.
-SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
-# Database sessions, each save one statement (accounts/sessions.py).
+# Database sessions, each save one statement (accounts/web/sessions.py).
 SESSION_ENGINE = "accounts.web.sessions"
 # Messages ("Connected as ...") travel in a signed cookie: no session write for them.
 MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
@@ -121,9 +125,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # requests and overlapping cron runs: WAL lets readers and one writer work
     # together, IMMEDIATE takes the write lock at BEGIN (no deadlocking lock
     # upgrades) and the timeout makes a second writer wait instead of failing.
-    # Django's backend, with a process's writers queued fairly
-    # (twitchauth_site/sqlite/base.py says why).
-    DATABASES["default"]["ENGINE"] = "twitchauth_site.sqlite"
+    # Django's own backend; the site's writes take turns (accounts/db.py).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
             "transaction_mode": "IMMEDIATE",

@@ -65,7 +65,8 @@ REVOKE_LABELS = {
         services.RevokeOutcome.REVOKED_LOCALLY,
     ]
 }
-# Admin refresh and validate start Twitch calls only this long into the request.
+# Admin actions (revoke, refresh, validate) start Twitch calls only this long into
+# the request.
 ACTION_START_BUDGET = 2.0  # seconds
 DATABASE_DOWN = (
     "The database refused writes, so nothing was done; what Twitch already answered "
@@ -227,19 +228,32 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
                 tokens=list(queryset),
                 source=TokenEvent.Source.STAFF,
                 actor=request.user,
+                # Started within the first two seconds, one call to Twitch each
+                # (8 s at most): the request ends in about ten.
+                budget=ACTION_START_BUDGET,
             )
         except DatabaseError:
             self.message_user(request, DATABASE_DOWN, messages.ERROR)
             return None
         unreachable = counts[services.RevokeOutcome.REVOKED_LOCALLY]
+        left = counts[services.RevokeOutcome.NOT_STARTED]
         message = _summary(counts, REVOKE_LABELS)
         if unreachable:
             message += (
                 " Twitch could not be told: those users should also disconnect the "
                 "app in their Twitch settings."
             )
+        if left:
+            # No cron run revokes: the rest is staff's to ask for again.
+            message += (
+                f" {left} not revoked yet (Twitch is slow just now) and still "
+                "connected: select them again and run the action to continue "
+                "(those already revoked are skipped)."
+            )
         self.message_user(
-            request, message, messages.WARNING if unreachable else messages.SUCCESS
+            request,
+            message,
+            messages.WARNING if unreachable or left else messages.SUCCESS,
         )
         return None
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import admin
-from django.db.models import QuerySet
+from django.core.exceptions import FieldDoesNotExist
+from django.db.models import JSONField, Model, QuerySet
 from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.utils import timezone
@@ -30,21 +31,57 @@ UNFILTERABLE = frozenset({*SECRETS, "claimed_until", "password"})
 # Regular expressions are the database's to parse: a malformed one is a 500 on
 # PostgreSQL, and none of our filters needs them.
 UNSAFE_LOOKUPS = frozenset({"regex", "iregex"})
+# Parts of a date a URL may filter on (expires_at__year=2026); a number no date can
+# have is a 500 when the list is fetched (a year past 9999 overflows, a year 0 does
+# not exist), and so is the admin's date hierarchy reading one with int().
+DATE_PARTS = frozenset(
+    {"year", "iso_year", "quarter", "month", "week", "week_day", "iso_week_day"}
+    | {"day", "hour", "minute", "second"}
+)
+# JSON containment: SQLite has none (a 500 there), and the scope filter is the
+# portable way to ask which connections have a scope.
+JSON_CONTAINMENT = frozenset({"contains", "contained_by"})
 
 
 class SafeLookups:
-    """Refuse URL lookups that touch a secret, anywhere along the path, or use a
-    regular expression; Django answers those with 400 (DisallowedModelAdminLookup)."""
+    """Refuse URL lookups that touch a secret, anywhere along the path, use a
+    regular expression, or that no database can answer; Django answers those with
+    400 (DisallowedModelAdminLookup), where they would otherwise be a 500."""
+
+    model: type[Model]
 
     def lookup_allowed(
         self, lookup: str, value: str, request: HttpRequest | None = None
     ) -> bool:
-        parts = set(lookup.split(LOOKUP_SEP))
+        path = lookup.split(LOOKUP_SEP)
+        parts = set(path)
         if parts & UNFILTERABLE or parts & UNSAFE_LOOKUPS:
             return False
         if "\x00" in str(value):
             return False  # PostgreSQL refuses NUL in text: a 400, not a 500
+        if not _a_date_can_have(path, value):
+            return False
+        if parts & JSON_CONTAINMENT and _is_json(self.model, path[0]):
+            return False
         return super().lookup_allowed(lookup, value, request)  # type: ignore[misc]
+
+
+def _a_date_can_have(path: list[str], value: str) -> bool:
+    part = next((name for name in reversed(path) if name in DATE_PARTS), None)
+    if part is None:
+        return True
+    try:
+        number = int(value)
+    except ValueError:
+        return True  # not a number at all: Django's own "invalid filter" answer
+    return (1 if part in ("year", "iso_year") else 0) <= number <= 9999
+
+
+def _is_json(model: type[Model], name: str) -> bool:
+    try:
+        return isinstance(model._meta.get_field(name), JSONField)
+    except FieldDoesNotExist:
+        return False
 
 
 class MissingScopesFilter(admin.SimpleListFilter):

@@ -1,11 +1,14 @@
 """The audit trail, EventSub revocations, and each user's page with their Twitch
-connection: read-only records for staff."""
+connection: read-only records for staff. Other apps' admins (groups, django-axes'
+sign-in records) get the same guard on URL lookups."""
 
 from __future__ import annotations
 
+from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -98,3 +101,15 @@ admin.site.unregister(User)
 @admin.register(User)
 class UserAdmin(SafeLookups, BaseUserAdmin):
     inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]
+
+
+# Their list pages take lookups from the URL as ours do: a malformed regular
+# expression or a NUL would be a 500 there on PostgreSQL, a twelve-digit year in
+# the date hierarchy on both databases.
+for model in [Group, AccessAttempt, AccessLog, AccessFailureLog]:
+    if admin.site.is_registered(model):
+        registered = type(admin.site.get_model_admin(model))
+        admin.site.unregister(model)
+        admin.site.register(
+            model, type(registered.__name__, (SafeLookups, registered), {})
+        )

@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts import signals, twitch
+from accounts.db import atomic_write
 from accounts.models import EventSubMessage, EventSubRevocation, TokenEvent, TwitchToken
 from accounts.twitch import TwitchError
 
@@ -54,7 +55,9 @@ class InvalidMessage(Exception):
 
 
 class UnreadableMessage(InvalidMessage):
-    """Signed with our secret, but its body is not a JSON object."""
+    """Signed with our secret, but its body is not a JSON object the site can
+    take: not JSON, nested past what the parser follows, or with text no database
+    stores (a NUL, a lone surrogate)."""
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,39 @@ def verify(headers: Mapping[str, str], raw_body: bytes) -> Message:
         body = json.loads(raw_body)
     except ValueError:
         raise UnreadableMessage("body is not JSON") from None
+    except RecursionError:
+        raise UnreadableMessage("body is nested too deep") from None
     if not isinstance(body, dict):
         raise UnreadableMessage("body is not a JSON object")
+    if not _storable(body):
+        raise UnreadableMessage("body has text with a NUL or a lone surrogate")
     return Message(
         id=message_id,
         type=headers.get("Twitch-Eventsub-Message-Type", ""),
         body=body,
     )
+
+
+def _storable(value: Any) -> bool:
+    """Whether every string in a JSON value is text a database can store: PostgreSQL
+    takes no NUL, and UTF-8 has no lone surrogate (JSON's escapes allow both).
+    Walked with a list, not recursion: the nesting is the sender's choice."""
+    waiting = [value]
+    while waiting:
+        item = waiting.pop()
+        if isinstance(item, dict):
+            waiting.extend(item)
+            waiting.extend(item.values())
+        elif isinstance(item, list):
+            waiting.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return False
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def _parse_timestamp(text: str) -> datetime | None:
@@ -157,8 +186,14 @@ async def _reconnected_since(message: Message) -> set[int]:
     return keep
 
 
+def _message_digest(message_id: str) -> str:
+    """What `EventSubMessage` keeps of a message id: its SHA-256, so that ids are
+    compared whole, whatever their length."""
+    return hashlib.sha256(message_id.encode()).hexdigest()
+
+
 def _handle_once(message: Message, *, keep: set[int]) -> list[TwitchToken]:
-    with transaction.atomic():
+    with atomic_write():
         EventSubMessage.objects.filter(
             received_at__lt=timezone.now() - 2 * MAX_AGE
         ).delete()
@@ -166,7 +201,7 @@ def _handle_once(message: Message, *, keep: set[int]) -> list[TwitchToken]:
             # Only this insert tells a message seen before; any other failure
             # must reach Twitch as one, so that it delivers the message again.
             with transaction.atomic():
-                EventSubMessage.objects.create(message_id=message.id[:100])
+                EventSubMessage.objects.create(digest=_message_digest(message.id))
         except IntegrityError:
             logger.info("EventSub message %s seen before; not handled", message.id)
             return []

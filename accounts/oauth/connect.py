@@ -13,12 +13,13 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
+from accounts.db import atomic_write
 from accounts.models import TokenEvent, TwitchToken
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _store_connection(
     try:
         # A Twitch account connected to another user makes the write below break
         # the one-live-connection constraint: no query to ask first.
-        with transaction.atomic():
+        with atomic_write():
             previous = TwitchToken.objects.select_for_update().filter(user=user).first()
             # Reconnecting updates the user's one row in place.
             if previous is None:

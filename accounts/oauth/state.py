@@ -16,6 +16,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from accounts import twitch
+from accounts.db import writer_turn
 from accounts.models import SpentOAuthState
 
 STATE_SESSION_KEY = "twitch_oauth_states"
@@ -85,21 +86,35 @@ async def take_state(*, session: SessionBase, state: str) -> str:
     return str(pending[match]["next"])
 
 
-async def has_pending(*, session: SessionBase) -> bool:
-    """Whether this browser started a flow that has not ended or expired."""
-    pending: dict[str, dict[str, Any]] = await session.aget(STATE_SESSION_KEY, {})
+async def first_mismatch_of_a_pending_flow(*, session: SessionBase) -> bool:
+    """Whether this browser has a flow pending (not ended or expired) that no
+    `redirect_mismatch` without a state has come back for yet; those flows have
+    had theirs now. A browser reloading that page is the same error, not news."""
+    pending: dict[str, dict[str, Any]] = dict(await session.aget(STATE_SESSION_KEY, {}))
     now = time.time()
-    return any(now - data["created"] < STATE_LIFETIME for data in pending.values())
+    unreported = [
+        state
+        for state, data in pending.items()
+        if now - data["created"] < STATE_LIFETIME and not data.get("mismatch")
+    ]
+    if not unreported:
+        return False
+    for state in unreported:
+        pending[state] = {**pending[state], "mismatch": True}
+    await session.aset(STATE_SESSION_KEY, pending)
+    return True
 
 
 def _save_and_spend(session: SessionBase, *, state: str | None, save: bool) -> bool:
     """Save the session (the state gone from it) and record `state` as used; False
     if a concurrent request already used it."""
-    if save:
-        session.save()
-        # Saved: the session middleware need not write it again at the end.
-        session.modified = False
-    spent = state is not None and _spend_state(state)
+    # One writer turn for both writes (accounts/db.py).
+    with writer_turn():
+        if save:
+            session.save()
+            # Saved: the session middleware need not write it again at the end.
+            session.modified = False
+        spent = state is not None and _spend_state(state)
     # The callback now waits on Twitch twice: a pooled connection serves other
     # requests meanwhile instead of idling with this one.
     if getattr(connection, "pool", None) and not connection.in_atomic_block:

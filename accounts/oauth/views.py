@@ -40,7 +40,7 @@ OAUTH_ERROR_CODES = frozenset(
 async def connect(request: HttpRequest) -> HttpResponse:
     try:
         scopes = await connecting.scopes_to_request(
-            user=await request.auser(), asked=request.POST.get("scopes", "")
+            user=request.user, asked=request.POST.get("scopes", "")
         )
     except connecting.ScopesNotOffered:
         # The refused names are not repeated: they are whatever the form sent.
@@ -64,7 +64,7 @@ async def connect(request: HttpRequest) -> HttpResponse:
 @require_GET
 @never_cache
 async def callback(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
+    user = request.user
     if not user.is_authenticated:
         return await failure_page(
             request,
@@ -75,9 +75,14 @@ async def callback(request: HttpRequest) -> HttpResponse:
     error = request.GET.get("error", "")
     if not state:
         if error:
-            # Twitch may leave the state out of a redirect_mismatch.
-            pending = await oauth_state.has_pending(session=request.session)
-            return await _twitch_error(request, error, from_our_flow=pending)
+            # Twitch may leave the state out of a redirect_mismatch; it alerts
+            # operators once per pending flow of this browser.
+            ours = error == "redirect_mismatch" and (
+                await oauth_state.first_mismatch_of_a_pending_flow(
+                    session=request.session
+                )
+            )
+            return await _twitch_error(request, error, from_our_flow=ours)
         return await failure_page(
             request,
             "This Twitch sign-in link is incomplete. "
@@ -150,7 +155,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
 @login_required
 @never_cache
 async def disconnect(request: HttpRequest) -> HttpResponse:
-    user = await request.auser()
+    user = request.user
     token = await services.connection_for(user=user)
     if token is None or token.status == TwitchToken.Status.REVOKED:
         messages.info(request, "No Twitch account is connected.")
@@ -190,8 +195,8 @@ async def _twitch_error(
     request: HttpRequest, error: str, *, from_our_flow: bool
 ) -> HttpResponse:
     """The page for an OAuth error. `from_our_flow`: it came with a valid pending
-    state, or with none to a browser mid-flow, so it is most likely Twitch
-    answering this site (anyone can craft the link)."""
+    state, or with none to a browser mid-flow (the first time for that flow), so it
+    is most likely Twitch answering this site (anyone can craft the link)."""
     if error == "access_denied":
         sentence = (
             "You cancelled the connection on Twitch, so nothing was connected. "

@@ -11,11 +11,12 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import twitch
+from accounts.db import atomic_write, writer_turn
 from accounts.models import AppToken
 
 # App tokens live about 60 days; a new one is fetched this long before expiry.
@@ -80,7 +81,7 @@ def _claim_fetch(*, refused: str | None) -> bool:
     once a usable token has appeared meanwhile."""
     now = timezone.now()
     try:
-        with transaction.atomic():
+        with atomic_write():
             row, _ = AppToken.objects.select_for_update().get_or_create(
                 client_id=settings.TWITCH_CLIENT_ID
             )
@@ -100,9 +101,7 @@ async def _fetch_and_store() -> str:
     try:
         grant = await twitch.with_retries(twitch.fetch_app_token)
     except BaseException:
-        await AppToken.objects.filter(client_id=settings.TWITCH_CLIENT_ID).aupdate(
-            claimed_until=None
-        )
+        await sync_to_async(_release_fetch)()
         raise
     row = await AppToken.objects.aget(client_id=settings.TWITCH_CLIENT_ID)
     row.access_token = grant.access_token
@@ -110,5 +109,21 @@ async def _fetch_and_store() -> str:
     row.claimed_until = None
     # Written whatever happened meanwhile: a token Twitch just issued is good, and
     # the newest one is the one to share.
-    await row.asave(update_fields=["access_token", "expires_at", "claimed_until"])
+    await sync_to_async(_store_fetched)(row)
     return grant.access_token
+
+
+# Writes in this process's writer turn (accounts/db.py), so on Django's sync
+# thread: one trip each, as the async ORM's own would be.
+
+
+def _release_fetch() -> None:
+    with writer_turn():
+        AppToken.objects.filter(client_id=settings.TWITCH_CLIENT_ID).update(
+            claimed_until=None
+        )
+
+
+def _store_fetched(row: AppToken) -> None:
+    with writer_turn():
+        row.save(update_fields=["access_token", "expires_at", "claimed_until"])

@@ -3,21 +3,34 @@ views, and the failure page with its one human sentence."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import wraps
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 
-
-async def _is_signed_in(user: Any) -> bool:
-    return user.is_authenticated
+AsyncView = Callable[..., Awaitable[HttpResponseBase]]
 
 
-# Django's login_required, with its test a coroutine: Django runs a sync test (its
-# own `lambda u: u.is_authenticated`) on the sync thread and back, for an attribute.
-login_required = user_passes_test(_is_signed_in)
+def login_required(view: AsyncView) -> AsyncView:
+    """Django's login_required for the site's async views, reading `request.user`,
+    which the middleware loaded on the request's thread (OnTheRequestThread):
+    Django's own would load it again with `request.auser()`, a trip to that thread.
+    """
+
+    @wraps(view)
+    async def signed_in_only(
+        request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        if request.user.is_authenticated:
+            return await view(request, *args, **kwargs)
+        return redirect_to_login(request.get_full_path())
+
+    return signed_in_only
 
 
 async def arender(

@@ -17,7 +17,9 @@ from typing import Any
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator
 from django.db import connection
+from django.forms import CharField
 
 from accounts.db import atomic_write
 
@@ -53,17 +55,29 @@ def check_one_at_a_time(
     raise refusal
 
 
-class SignInForm(AuthenticationForm):
+class OneAttemptAtATime:
+    """What both sign-in forms add to Django's: a username no account can have is
+    refused by the form, and the check runs one attempt per account at a time."""
+
+    fields: dict[str, CharField]
+    cleaned_data: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Django sets the username's maximum length on the built field, which then
+        # never checks it: a longer name reached authenticate(), and django-axes'
+        # record of the failure (255 characters at most) was a 500 on PostgreSQL.
+        username = self.fields["username"]
+        username.validators.append(MaxLengthValidator(username.max_length))
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username") or ""
+        return check_one_at_a_time(super().clean, username)  # type: ignore[misc]
+
+
+class SignInForm(OneAttemptAtATime, AuthenticationForm):
     """Django's sign-in form, its check taken one attempt per account at a time."""
 
-    def clean(self) -> dict[str, Any]:
-        username = self.cleaned_data.get("username") or ""
-        return check_one_at_a_time(super().clean, username)
 
-
-class AdminSignInForm(AdminAuthenticationForm):
+class AdminSignInForm(OneAttemptAtATime, AdminAuthenticationForm):
     """The admin's sign-in form, the same way."""
-
-    def clean(self) -> dict[str, Any]:
-        username = self.cleaned_data.get("username") or ""
-        return check_one_at_a_time(super().clean, username)

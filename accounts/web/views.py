@@ -9,12 +9,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from axes.helpers import get_client_username, get_cool_off
 from axes.models import AccessAttempt
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_safe
 
 from accounts import services
 from accounts.checks import check_encryption_keys
@@ -22,13 +22,18 @@ from accounts.models import TwitchToken
 from accounts.tokens import spool
 from accounts.web.pages import arender, login_required
 
+# How long /healthz waits for a lock (a migration, a long transaction) or a slow
+# query on PostgreSQL before it answers 503: load balancers give up after a few
+# seconds, and the statement timeout would hold it for 30.
+HEALTHZ_DATABASE_PATIENCE = 2  # seconds
+
 
 # Pages about a user's connection are never kept by browsers or proxies.
 @require_GET
 @login_required
 @never_cache
 async def home(request: HttpRequest) -> HttpResponse:
-    token = await services.connection_for(user=await request.auser())
+    token = await services.connection_for(user=request.user)
     return await arender(request, "accounts/home.html", {"token": token})
 
 
@@ -68,11 +73,11 @@ def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpR
     return response
 
 
-@require_GET
+@require_safe
 async def healthz(request: HttpRequest) -> JsonResponse:
     """200 when the database answers and the stored tokens (and any spooled token
     pairs) can be decrypted; otherwise 503, naming what is wrong (for load balancers
-    and monitoring)."""
+    and monitoring). HEAD answers the same status, without the body."""
     keys = "ok" if not check_encryption_keys() else "misconfigured"
     try:
         # A raw cursor has no async API; the spool is files.
@@ -96,14 +101,32 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 def _ping_database_and_spool() -> tuple[str, str]:
     """Ask the database, try to decrypt the most recently written token, and count
     spooled pairs no key decrypts (set aside, waiting for the right key)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1")
-    latest = (
+    if connection.vendor == "postgresql":
+        # In a transaction of its own, so that the short timeouts end with it.
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                patience = f"{HEALTHZ_DATABASE_PATIENCE}s"
+                cursor.execute(
+                    "SELECT set_config('lock_timeout', %s, true), "
+                    "set_config('statement_timeout', %s, true)",
+                    [patience, patience],
+                )
+            latest = _latest_token()
+    else:
+        # SQLite's readers wait for no writer (WAL); a transaction here would
+        # take the write lock at BEGIN (IMMEDIATE), and wait for one.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        latest = _latest_token()
+    tokens = "undecryptable" if latest and latest.is_undecryptable else "ok"
+    return tokens, "undecryptable" if spool.unreadable_count() else "ok"
+
+
+def _latest_token() -> TwitchToken | None:
+    return (
         TwitchToken.objects.active()
         .exclude(refresh_token="")
         .order_by("-updated_at")
         .only("access_token", "refresh_token")
         .first()
     )
-    tokens = "undecryptable" if latest and latest.is_undecryptable else "ok"
-    return tokens, "undecryptable" if spool.unreadable_count() else "ok"
