@@ -67,7 +67,7 @@ def writer_turn(using: str = DEFAULT_DB_ALIAS) -> Iterator[None]:
     if (
         getattr(_this_thread, "has_turn", False)
         or connection.vendor != "sqlite"
-        or connection.in_atomic_block
+        or not transaction.get_autocommit(using)
     ):
         yield
         return

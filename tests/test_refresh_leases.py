@@ -229,7 +229,6 @@ def test_rotated_tokens_survive_kill_9_while_the_database_refuses_writes(
     assert TokenEvent.objects.filter(detail__contains="spool").count() == 10
 
 
-@pytest.mark.django_db(transaction=True)
 def spooled_pairs() -> int:
     """Token pairs in the spool's files, read or not."""
     return sum(
@@ -238,6 +237,7 @@ def spooled_pairs() -> int:
     )
 
 
+@pytest.mark.django_db(transaction=True)
 def test_no_new_refresh_starts_while_the_database_refuses_to_store_them(
     django_user_model, sandbox, monkeypatch
 ):

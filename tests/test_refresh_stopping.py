@@ -169,3 +169,37 @@ def test_a_signal_leaves_a_hung_call_one_timeout_not_three_attempts(alice, sandb
     assert stopped_after < 16
     assert sandbox.count("token") == 1
     assert _stored(token).refresh_token == token.refresh_token  # nothing happened
+
+
+@pytest.mark.usefixtures("short_timeout")
+async def test_cancelling_a_run_with_more_tokens_than_workers_ends_it_and_frees_them(
+    django_user_model, sandbox
+):
+    tokens = await sync_to_async(
+        lambda: [
+            expiring(
+                make_token(django_user_model.objects.create_user(f"u{n}"), sandbox)
+            )
+            for n in range(30)
+        ]
+    )()
+    sandbox.set_latency(0.3, endpoint="token")
+    run = asyncio.create_task(
+        engine.amaintain_tokens(
+            pks=[t.pk for t in tokens],
+            plan=engine.Plan(validate=False),
+            source=TokenEvent.Source.COMMAND,
+            concurrency=4,
+        )
+    )
+    await asyncio.to_thread(sandbox.wait_for_request, "token", count=4)
+
+    run.cancel()  # four at Twitch, the claim queue full behind them
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, timeout=10)  # ends; before, it hung for good
+
+    # What Twitch answered is stored; every other token is free for the next run.
+    assert not await TwitchToken.objects.filter(claimed_until__isnull=False).aexists()
+    for token in tokens:
+        stored = await TwitchToken.objects.aget(pk=token.pk)
+        assert sandbox.is_refresh_token_valid(stored.refresh_token)

@@ -237,3 +237,24 @@ def test_validation_follows_a_renamed_twitch_account_and_its_scopes(alice, sandb
 
     token.refresh_from_db()
     assert (token.login, token.scopes) == ("alice_renamed", [])
+
+
+def test_a_follow_up_answered_with_an_access_token_twitch_never_issued_keeps_ours(
+    alice, sandbox
+):
+    # Twitch rotates and sends only the new refresh token; presented, it gets an
+    # answer with an access token Twitch never issued and no refresh token.
+    token = expiring(make_token(alice, sandbox))
+    sandbox.alter("token", remove=["access_token"], times=1)
+    sandbox.fail(
+        "token", status=200, body={"access_token": FAKE_ACCESS, "expires_in": 14400}
+    )
+
+    with pytest.raises(CommandError):
+        refresh_tokens("--no-validate")
+
+    stored = TwitchToken.objects.get(pk=token.pk)
+    # The refresh token Twitch really sent is kept, not the spent one.
+    assert stored.refresh_token != token.refresh_token
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert stored.access_token == ""

@@ -73,8 +73,9 @@ def test_the_spent_refresh_token_is_never_presented_again(
     assert stored.status == TwitchToken.Status.NEEDS_RECONNECT
     assert sandbox.count("token", grant_type="refresh_token") == 1
     assert [t.pk for t in reconnects_heard] == [token.pk]
+    # Its access token was validated, and refused: nothing left to renew with.
     event = TokenEvent.objects.filter(token=token).latest("created_at")
-    assert (event.action, event.outcome) == ("refresh", "rejected")
+    assert (event.action, event.outcome) == ("validate", "rejected")
     assert "must reconnect" in event.detail
 
 

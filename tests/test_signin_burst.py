@@ -4,6 +4,7 @@ once, at most AXES_FAILURE_LIMIT passwords are ever checked for one account."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from django.contrib.auth.backends import ModelBackend
@@ -68,3 +69,42 @@ def test_a_burst_of_wrong_passwords_is_checked_at_most_the_limit(
     response = Client().post(url, {"username": "alice", "password": "pw"})
     assert response.status_code == 429
     assert counted.checked <= settings.AXES_FAILURE_LIMIT
+
+
+class SlowBackend(ModelBackend):
+    """Django's password check, as slow as a real hash (PBKDF2, ~0.5 s) for alice."""
+
+    checking = threading.Event()
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        if username == "alice":
+            SlowBackend.checking.set()
+            time.sleep(1.0)  # the hash itself
+        return super().authenticate(request, username, password, **kwargs)
+
+
+def test_a_password_being_checked_holds_up_no_other_account(alice, bob, settings):
+    settings.AUTHENTICATION_BACKENDS = [
+        "axes.backends.AxesStandaloneBackend",
+        f"{__name__}.SlowBackend",
+    ]
+    SlowBackend.checking.clear()
+
+    def alice_signs_in() -> None:
+        try:
+            Client().post("/accounts/login/", {"username": "alice", "password": "x"})
+        finally:
+            connections.close_all()
+
+    slow = threading.Thread(target=alice_signs_in)
+    slow.start()
+    assert SlowBackend.checking.wait(10)  # alice's password is being checked
+    began = time.monotonic()
+    response = Client().post("/accounts/login/", {"username": "bob", "password": "pw"})
+    took = time.monotonic() - began
+    slow.join(10)
+
+    assert response.status_code == 302  # bob is in
+    # Not behind alice's check (a lock on the whole database would make it wait
+    # out her second).
+    assert took < 0.8

@@ -11,7 +11,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.base import SessionBase
-from django.db import IntegrityError, connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
@@ -117,7 +117,7 @@ def _save_and_spend(session: SessionBase, *, state: str | None, save: bool) -> b
         spent = state is not None and _spend_state(state)
     # The callback now waits on Twitch twice: a pooled connection serves other
     # requests meanwhile instead of idling with this one.
-    if getattr(connection, "pool", None) and not connection.in_atomic_block:
+    if getattr(connection, "pool", None) and transaction.get_autocommit():
         connection.close()
     return spent
 

@@ -59,13 +59,10 @@ async def ask_twitch(
         )
 
     if not token.refresh_token:
-        # Twitch sent no refresh token with the access token we hold: it is used
-        # while it lasts (a refresh "now" cannot wait for it to expire).
-        expired = token.expires_at is not None and token.expires_at <= now
-        if wants_refresh and (plan.refresh_within is None or expired):
-            return Findings(
-                Verdict.CANNOT_RENEW, refresh=Attempt.REJECTED, error=CANNOT_RENEW
-            )
+        # Twitch sent no refresh token with the access token we hold: nothing to
+        # refresh with. It is used while it lasts, and validating it says whether
+        # it still does (rejected: the connection cannot be renewed).
+        wants_validation = wants_validation or wants_refresh
         wants_refresh = False
 
     refresh: Attempt | None = None
@@ -92,7 +89,10 @@ async def ask_twitch(
                     return Findings(
                         Verdict.CANNOT_RENEW, validation=validation, error=CANNOT_RENEW
                     )
-                if refresh_before is not None and time.monotonic() > refresh_before:
+                out_of_time = (
+                    refresh_before is not None and time.monotonic() > refresh_before
+                )
+                if out_of_time or (stopping is not None and stopping()):
                     return Findings(
                         Verdict.ACCESS_REJECTED,
                         validation=validation,
@@ -183,7 +183,10 @@ async def ask_twitch(
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:
                 return Findings(
-                    Verdict.REFRESHED_WITHOUT_ACCESS,
+                    # With no refresh token either, nothing is left to renew with.
+                    Verdict.REFRESHED_WITHOUT_ACCESS
+                    if grant.refresh_token
+                    else Verdict.CANNOT_RENEW,
                     refresh=refresh,
                     validation=Attempt.REJECTED,
                     grant=grant,

@@ -162,6 +162,9 @@ async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
                 raise twitch.TwitchUnavailable(
                     current.last_error or "Twitch could not refresh the token."
                 )
+            if not token.refresh_token and report.counts[Outcome.VALIDATED]:
+                # Nothing to refresh with, and Twitch says the access token works.
+                return current
             lapsed_before = timezone.now() - LEASE_GRACE
             if current.claimed_until is None or current.claimed_until < lapsed_before:
                 break  # the lease is free and nothing changed: refresh it ourselves

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -178,17 +178,21 @@ class Run:
             if failures:
                 raise failures[0]
         finally:
-            if self.in_flight:
-                # Cancelled: what Twitch is answering still reaches the writer.
-                await asyncio.wait(self.in_flight)
-            if not writer.done():
-                self.workers_done = True
-                self.wake_writer.set()
-                await asyncio.wait([writer])
-            await self.finish()
+            # Also when cancelled (more than once): what Twitch is answering still
+            # reaches the database, and leases not used are given back.
+            await _despite_cancellation(self.wind_down(writer))
         self.report.seconds = time.monotonic() - self.started
         self.report.stopped = self.stop_requested()
         return self.report
+
+    async def wind_down(self, writer: asyncio.Task[None]) -> None:
+        if self.in_flight:
+            await asyncio.wait(self.in_flight)
+        if not writer.done():
+            self.workers_done = True
+            self.wake_writer.set()
+            await asyncio.wait([writer])
+        await self.finish()
 
     # --- 1. Claim ---------------------------------------------------------------------
 
@@ -197,27 +201,52 @@ class Run:
     ) -> None:
         # Claim little ahead of the workers, so claimed tokens do not wait long.
         batch = max(2 * workers, 10)
+        claimed: list[TwitchToken] = []  # claimed, not yet queued
         try:
             for start in range(0, len(pks), batch):
                 chunk = pks[start : start + batch]
                 if not self.may_start():
                     self.leave(len(chunk))
                     continue
-                for token in await self.claim(chunk):
-                    await queue.put(token)
+                claimed = await self.claim(chunk)
+                while claimed:
+                    await queue.put(claimed[0])
+                    claimed.pop(0)
         except BaseException:
             self.stopped = True
+            self.unstarted.extend(claimed)
+            self.leave(len(claimed))
             raise
         finally:
-            # Always, so that every worker ends.
-            for _ in range(workers):
-                await queue.put(None)
+            if self.stopped:
+                # The workers may be gone (cancelled): what is still queued is
+                # given back, which leaves room for the ends.
+                while not queue.empty():
+                    if (queued := queue.get_nowait()) is not None:
+                        self.unstarted.append(queued)
+                        self.leave(1)
+                for _ in range(workers):
+                    queue.put_nowait(None)
+            else:
+                # Always, so that every worker ends.
+                for _ in range(workers):
+                    await queue.put(None)
 
     async def claim(self, pks: list[int]) -> list[TwitchToken]:
         # Pairs a dead run left must be stored before we may present any token.
         await areplay_spool(source=self.source, actor=self.actor)
         # A transaction with SELECT ... FOR UPDATE: sync ORM, on Django's sync thread.
-        claimed = await sync_to_async(store.claim)(pks, plan=self.plan)
+        claiming = asyncio.ensure_future(
+            sync_to_async(store.claim)(pks, plan=self.plan)
+        )
+        try:
+            claimed = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The claim goes on in its thread: its leases are given back.
+            given_back = await claiming
+            self.unstarted.extend(given_back)
+            self.leave(len(given_back))
+            raise
         self.count_skipped(len(pks) - len(claimed))
         return claimed
 
@@ -347,7 +376,8 @@ class Run:
                 self.failing_since = now
                 self.sync_spool()
             logger.exception("could not store %s results; will retry", len(batch))
-            if now - self.failing_since > self.store_patience:
+            # Asked to stop: the spool (synced) keeps the pairs for the next run.
+            if now - self.failing_since > self.store_patience or self.stop_requested():
                 self.stopped = True
                 raise
             return
@@ -392,3 +422,21 @@ class Run:
             await sync_to_async(store.release_quietly)(self.unstarted)
         # Kept while any grant is not in the database: the next run stores it.
         self.spool.close(keep=self.unstored > 0 or self.spool_kept)
+
+
+async def _despite_cancellation(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` to its end even when the caller is cancelled meanwhile, once or
+    more; then let the cancellation go on. (Not when the task itself is cancelled,
+    as a closing event loop does to every task.)"""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

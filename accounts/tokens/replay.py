@@ -17,6 +17,7 @@ from accounts import twitch
 from accounts.db import atomic_write
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens import spool
+from accounts.tokens.store import NO_REFRESH_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def _replay_one(
             "scopes": row.scopes if entry.scopes is None else entry.scopes,
             "expires_at": twitch.expires_at(obtained, entry.expires_in),
             "last_refreshed_at": obtained,
-            "last_error": "",
+            # A pair without a refresh token works until its access token ends.
+            "last_error": "" if entry.refresh_token else NO_REFRESH_TOKEN,
             "updated_at": timezone.now(),
         }
         # Whoever holds the lease now (the run that died, a pin) could only present

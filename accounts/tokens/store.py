@@ -151,11 +151,22 @@ def _give_up_storing(result: Result) -> Stored:
 
 
 def _holds_grant_already(result: Result) -> bool:
+    """An earlier try of this batch stored this grant. Both tokens are compared:
+    a grant without a refresh token must not be taken for a row whose secrets a
+    disconnect wiped meanwhile."""
     grant = result.findings.grant
     if grant is None:
         return False
-    row = TwitchToken.objects.filter(pk=result.token.pk).only("refresh_token").first()
-    return row is not None and row.refresh_token == grant.refresh_token
+    row = (
+        TwitchToken.objects.filter(pk=result.token.pk, status=TwitchToken.Status.ACTIVE)
+        .only("access_token", "refresh_token")
+        .first()
+    )
+    return (
+        row is not None
+        and row.access_token == grant.access_token
+        and row.refresh_token == grant.refresh_token
+    )
 
 
 def _was_superseded(result: Result) -> bool:
@@ -199,11 +210,11 @@ def changes_for(result: Result, *, now: datetime, superseded: bool) -> dict[str,
         return changes
     if found.verdict in (Verdict.DEAD_GRANT, Verdict.CANNOT_RENEW):
         changes["status"] = TwitchToken.Status.NEEDS_RECONNECT
-    if found.grant is not None and not found.grant.refresh_token:
-        # The refresh token we presented is spent and Twitch sent no other.
-        changes["last_error"] = NO_REFRESH_TOKEN
     if found.error:
         changes["last_error"] = found.error[:200]
+    if found.verdict is Verdict.REFRESHED and not found.grant.refresh_token:
+        # The refresh token we presented is spent and Twitch sent no other.
+        changes["last_error"] = NO_REFRESH_TOKEN
     return changes
 
 

@@ -144,16 +144,19 @@ async def refresh(refresh_token: str) -> TokenGrant:
     """
     grant = _token_grant(await _refresh_answer(refresh_token), partial=True)
     if grant.access_token and not grant.refresh_token:
-        return await _confirm_access_only(grant, retryable=True)
+        if (confirmed := await _access_only_confirmed(grant)) is None:
+            raise TwitchUnavailable(
+                "Twitch's token endpoint answered without a usable token pair."
+            )
+        return confirmed
     for follow_up in range(1, MAX_PARTIAL_ANSWERS):
-        if grant.access_token and not grant.refresh_token:
-            # Twitch took the refresh token it had sent us: nothing to go back to.
-            return await _confirm_access_only(grant, retryable=False)
         if grant.access_token:
             return grant
+        # `grant` holds only the newest refresh token Twitch sent: present it.
         try:
-            answer = await _refresh_answer(grant.refresh_token)
-            grant = _token_grant(answer, partial=True)
+            answer = _token_grant(
+                await _refresh_answer(grant.refresh_token), partial=True
+            )
         except InvalidCredential:
             if follow_up == 1:
                 # Twitch never issued the refresh token it sent: nothing was
@@ -168,21 +171,26 @@ async def refresh(refresh_token: str) -> TokenGrant:
             ) from None
         except TwitchError:
             return grant  # unconfirmed, but the best refresh token there is
+        if answer.access_token and not answer.refresh_token:
+            # An access token Twitch never issued rotated nothing: the refresh
+            # token we just presented still stands, and is kept.
+            return await _access_only_confirmed(answer) or grant
+        grant = answer
     return grant
 
 
 @sensitive_variables()
-async def _confirm_access_only(grant: TokenGrant, *, retryable: bool) -> TokenGrant:
+async def _access_only_confirmed(grant: TokenGrant) -> TokenGrant | None:
+    """An answer with an access token and no refresh token, checked: the grant if
+    Twitch issued that access token (or cannot say), None if it never did."""
     try:
         info = await validate(grant.access_token)
     except InvalidCredential:
-        raise TwitchUnavailable(
-            "Twitch's token endpoint answered without a usable token pair.",
-            retryable=retryable,
-        ) from None
+        return None
     except TwitchError:
-        # Unknown whether Twitch acted: ours may be spent, so it is not presented
-        # again; the access token is kept, unconfirmed.
+        # Unknown whether Twitch acted: the refresh token we presented may be
+        # spent, so it is not presented again; the access token is kept,
+        # unconfirmed.
         return grant
     if grant.expires_in is None and info.expires_in:
         return replace(grant, expires_in=info.expires_in)

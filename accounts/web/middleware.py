@@ -53,9 +53,14 @@ class OnTheRequestThread(MiddlewareMixin):
 
     async_capable = False
 
-    def process_request(self, request: HttpRequest) -> None:
-        # The session and the user, loaded here rather than by the view.
-        request.user.is_authenticated  # noqa: B018
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        # The session and the user, loaded here rather than by the view. Outside
+        # the view, so a database that does not answer is answered here too.
+        try:
+            request.user.is_authenticated  # noqa: B018
+        except DATABASE_UNAVAILABLE as error:
+            return database_unavailable(request, error)
+        return None
 
 
 class SessionSaveMiddleware:
@@ -102,7 +107,8 @@ def _saves_session(request: HttpRequest, response: HttpResponseBase) -> bool:
         isinstance(session, SessionStore)
         and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
         and response.status_code < 500
-        and not session.is_empty()
+        # Django's own test for a session it would delete rather than save.
+        and not (session.session_key is None and not session.keys())
     )
 
 

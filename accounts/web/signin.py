@@ -4,48 +4,68 @@ django-axes checks whether an account is locked out, then the password is checke
 then axes counts a failure: three steps. Attempts that arrive together (a burst
 from many threads or workers) would all pass the first step before any of them is
 counted, so every password in the burst would be checked, a right one included.
-Here the three steps run as one, per username, across every worker and machine:
-at most AXES_FAILURE_LIMIT failures are ever checked for an account.
+Here the three steps run as one, per username, across every worker (and on
+PostgreSQL every machine): at most AXES_FAILURE_LIMIT failures are ever checked for
+an account.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
-from django.db import connection
+from django.db import connection, transaction
 from django.forms import CharField
-
-from accounts.db import atomic_write
 
 
 @contextmanager
 def one_attempt_at_a_time(username: str) -> Iterator[None]:
-    """Hold the sign-in lock for `username` while the block runs (in a transaction,
-    so axes' count of a failure is committed before the next attempt is checked).
+    """Hold the sign-in lock for `username` while the block runs, so axes' count
+    of a failure is committed before the next attempt for it is checked.
 
-    PostgreSQL: a transaction-scoped advisory lock on the username. SQLite: the
-    transaction itself, which takes the database's one write lock at BEGIN."""
-    with atomic_write():
-        if connection.vendor == "postgresql":
+    PostgreSQL: a transaction-scoped advisory lock on the username (the transaction
+    holds nothing else of note). SQLite lives on one machine: a file lock there
+    serialises every worker's attempts for the account, without holding the
+    database's one write lock while a password is hashed (a few hundred ms)."""
+    key = hashlib.sha256(f"twitchauth sign-in {username.lower()}".encode()).hexdigest()
+    if connection.vendor == "postgresql":
+        with transaction.atomic():
             with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                    [f"twitchauth sign-in {username.lower()}"],
-                )
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [key])
+            yield
+        return
+    with _file_lock(key):
         yield
+
+
+@contextmanager
+def _file_lock(key: str) -> Iterator[None]:
+    folder = Path(tempfile.gettempdir()) / "twitchauth-sign-in"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(folder / key[:32], os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released with the file, if we die
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_one_at_a_time(
     clean: Callable[[], dict[str, Any]], username: str
 ) -> dict[str, Any]:
     """`clean()` under the account's sign-in lock. A refusal (ValidationError) is
-    raised after the transaction commits: axes' count of the failure must stay."""
+    raised after the lock's transaction commits: axes' count of the failure must
+    stay."""
     refusal: ValidationError | None = None
     with one_attempt_at_a_time(username):
         try:

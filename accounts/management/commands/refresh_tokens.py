@@ -19,6 +19,7 @@ the next run), 2 for bad arguments, 128 + the signal's number when stopped by on
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -48,8 +49,8 @@ class StopRequest(threading.Event):
 @contextmanager
 def stop_on_signals() -> Iterator[StopRequest]:
     """While the block runs, SIGTERM and SIGINT ask the run to stop gracefully; a
-    second one does what it would have done without us (ends the process, or
-    KeyboardInterrupt). Outside the main thread (tests) signals cannot be caught."""
+    second one ends the process at once (the spool keeps what Twitch answered).
+    Outside the main thread (tests) signals cannot be caught."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -58,9 +59,8 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def ask_to_stop(signum: int, frame: object) -> None:
         if stop.is_set():
-            signal.signal(signum, previous[signum])
-            signal.raise_signal(signum)
-            return
+            # At once, as asked: what Twitch answered is in the spool already.
+            os._exit(128 + signum)
         stop.signum = signal.Signals(signum)
         stop.set()
 
