@@ -375,14 +375,18 @@ async def adatabase_refuses_token_writes(**options: str) -> AsyncIterator[None]:
 
 
 @contextlib.contextmanager
-def database_write_lock(table: str = "accounts_twitchtoken") -> Iterator[None]:
+def database_write_lock(
+    table: str = "accounts_twitchtoken", *, readers_wait: bool = False
+) -> Iterator[None]:
     """Another connection holds the write lock, as a long transaction would (on
-    PostgreSQL, on `table`)."""
+    PostgreSQL, on `table`). With `readers_wait`, the lock a migration takes
+    (PostgreSQL: ACCESS EXCLUSIVE, which even readers wait for; SQLite: EXCLUSIVE,
+    which its WAL readers still read past)."""
     if connection.vendor == "sqlite":
         import sqlite3
 
         holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("BEGIN EXCLUSIVE" if readers_wait else "BEGIN IMMEDIATE")
         try:
             yield
         finally:
@@ -392,7 +396,8 @@ def database_write_lock(table: str = "accounts_twitchtoken") -> Iterator[None]:
         import psycopg
 
         with psycopg.connect(database_url()) as holder:
-            holder.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            mode = "ACCESS EXCLUSIVE" if readers_wait else "SHARE ROW EXCLUSIVE"
+            holder.execute(f"LOCK TABLE {table} IN {mode} MODE")
             yield
             holder.rollback()
 

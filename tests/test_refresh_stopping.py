@@ -32,25 +32,10 @@ def test_a_signal_stops_claiming_and_stores_what_twitch_answered(
         for n in range(10)
     ]
     sandbox.set_latency(1.0, endpoint="token")
-    command = [
-        *(sys.executable, "manage.py", "refresh_tokens", "--no-validate"),
-        *("--concurrency", "4"),
-    ]
-    run = subprocess.Popen(
-        command,
-        cwd=BASE_DIR,
-        env=process_env(sandbox),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+
+    run, out, err = signalled_run(
+        sandbox, signum, in_flight=4, args=("--concurrency", "4")
     )
-    try:
-        sandbox.wait_for_request("token", count=4, timeout=30)  # four at Twitch
-        run.send_signal(signum)
-        out, err = run.communicate(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
 
     assert run.returncode == 128 + signum
     assert f"Stopped by {signal.Signals(signum).name}: 6 token(s) left" in err
@@ -141,10 +126,12 @@ def _stored(token: TwitchToken) -> TwitchToken:
     return TwitchToken.objects.get(pk=token.pk)
 
 
-def test_a_signal_leaves_a_hung_call_one_timeout_not_three_attempts(alice, sandbox):
-    token = expiring(make_token(alice, sandbox))
-    sandbox.hang("token")  # every attempt would wait out the 8 s timeout
-    command = [sys.executable, "manage.py", "refresh_tokens", "--no-validate"]
+def signalled_run(
+    sandbox, signum: int, *, in_flight: int, args: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen[str], str, str]:
+    """`refresh_tokens --no-validate` as cron starts it, sent `signum` once
+    `in_flight` refreshes are at Twitch; the process and what it printed."""
+    command = [sys.executable, "manage.py", "refresh_tokens", "--no-validate", *args]
     run = subprocess.Popen(
         command,
         cwd=BASE_DIR,
@@ -154,19 +141,27 @@ def test_a_signal_leaves_a_hung_call_one_timeout_not_three_attempts(alice, sandb
         text=True,
     )
     try:
-        sandbox.wait_for_request("token", timeout=30)
-        started = time.monotonic()
-        run.send_signal(signal.SIGTERM)
-        run.communicate(timeout=60)
-        stopped_after = time.monotonic() - started
+        sandbox.wait_for_request("token", count=in_flight, timeout=30)
+        run.send_signal(signum)
+        out, err = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             run.kill()
+    return run, out, err
 
+
+def test_a_signal_leaves_a_hung_call_one_timeout_not_three_attempts(alice, sandbox):
+    token = expiring(make_token(alice, sandbox))
+    sandbox.hang("token")  # every attempt would wait out the 8 s timeout
+    started = time.monotonic()
+
+    run, _, _ = signalled_run(sandbox, signal.SIGTERM, in_flight=1)
+
+    took = time.monotonic() - started  # start-up, the call's wait, and the stop
     assert run.returncode == 128 + signal.SIGTERM
     # The call in flight runs to its 8 s timeout and is not tried again: without
     # the stop, two more attempts would hold the run some 25 s.
-    assert stopped_after < 16
+    assert took < 16
     assert sandbox.count("token") == 1
     assert _stored(token).refresh_token == token.refresh_token  # nothing happened
 

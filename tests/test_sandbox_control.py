@@ -10,14 +10,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import (
     BASE_DIR,
-    CLIENT_ID,
-    CLIENT_SECRET,
     ENABLED,
     REDIRECT_URI,
     Receiver,
@@ -28,20 +25,6 @@ from tests.conftest import (
     validate,
 )
 from twitch_sandbox import Sandbox
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """A sandbox for this module alone (conftest's `twitch_settings` resets it
-    before each test)."""
-    sandbox = Sandbox(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        redirect_uris=[REDIRECT_URI],
-    ).start()
-    yield sandbox
-    sandbox.stop()
-
 
 # OAuth, tokens and faults ---------------------------------------------------------
 

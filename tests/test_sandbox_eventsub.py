@@ -8,7 +8,6 @@ import json
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from twitchAPI.twitch import Twitch
@@ -19,7 +18,6 @@ from tests.conftest import (
     CLIENT_SECRET,
     ENABLED,
     FAILED,
-    REDIRECT_URI,
     REVOKE,
     RFC3339,
     SECRET,
@@ -38,20 +36,6 @@ from tests.conftest import (
     subscription_body,
 )
 from twitch_sandbox import Sandbox
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """A sandbox for this module alone (conftest's `twitch_settings` resets it
-    before each test)."""
-    sandbox = Sandbox(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        redirect_uris=[REDIRECT_URI],
-    ).start()
-    yield sandbox
-    sandbox.stop()
-
 
 # Creating and verifying -----------------------------------------------------------
 

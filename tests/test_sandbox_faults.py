@@ -4,7 +4,6 @@ limits, latency), and its record of every request."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from http.client import HTTPConnection
 
 import pytest
@@ -19,20 +18,6 @@ from tests.conftest import (
     validate,
 )
 from twitch_sandbox import Sandbox
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """A sandbox for this module alone (conftest's `twitch_settings` resets it
-    before each test)."""
-    sandbox = Sandbox(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        redirect_uris=[REDIRECT_URI],
-    ).start()
-    yield sandbox
-    sandbox.stop()
-
 
 # Faults ---------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import Iterator
 
 import pytest
 from twitchAPI.oauth import (
@@ -56,19 +55,6 @@ def exchange(sandbox: Sandbox, code: str, **overrides: str) -> Reply:
     }
     form.update(overrides)
     return http(sandbox, "POST", "oauth2/token", form=form)
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """A sandbox for this module alone (conftest's `twitch_settings` resets it
-    before each test)."""
-    sandbox = Sandbox(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        redirect_uris=[REDIRECT_URI],
-    ).start()
-    yield sandbox
-    sandbox.stop()
 
 
 # Authorize ------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -16,7 +15,6 @@ from tests.conftest import (
     CLIENT_ID,
     CLIENT_SECRET,
     FAILED,
-    REDIRECT_URI,
     REVOKE,
     RFC3339,
     SECRET,
@@ -27,19 +25,6 @@ from tests.conftest import (
     subscribe,
 )
 from twitch_sandbox import Sandbox, WebhookMessage
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    """A sandbox for this module alone (conftest's `twitch_settings` resets it
-    before each test)."""
-    sandbox = Sandbox(
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        redirect_uris=[REDIRECT_URI],
-    ).start()
-    yield sandbox
-    sandbox.stop()
 
 
 class SiteLikeChecks:

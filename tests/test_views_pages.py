@@ -3,17 +3,14 @@ site's health, and the headers every page sends."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
-from collections.abc import Iterator
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import AsyncClient
 
-from tests.conftest import database_url, make_token, page
+from tests.conftest import database_write_lock, make_token, page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -117,30 +114,8 @@ def test_healthz_answers_head_as_it_answers_get(client, settings):
     assert client.head("/healthz").status_code == 503
 
 
-@contextlib.contextmanager
-def table_locked(table: str) -> Iterator[None]:
-    """Another connection holds the lock a migration takes (PostgreSQL: ACCESS
-    EXCLUSIVE on `table`, which even readers wait for; SQLite: the write lock,
-    which its readers do not wait for)."""
-    if connection.vendor == "sqlite":
-        holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
-        holder.execute("BEGIN EXCLUSIVE")
-        try:
-            yield
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(database_url()) as holder:
-            holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-            yield
-            holder.rollback()
-
-
 def test_healthz_answers_within_seconds_while_the_token_table_is_locked(client):
-    with table_locked("accounts_twitchtoken"):
+    with database_write_lock("accounts_twitchtoken", readers_wait=True):
         started = time.monotonic()
         response = client.get("/healthz")
         elapsed = time.monotonic() - started
