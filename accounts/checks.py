@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from django.utils.module_loading import import_string
 
 from accounts import crypto
 from accounts.tokens import spool
-from accounts.twitch import KNOWN_SCOPES
+from accounts.twitch import scopes as twitch_scopes
 
 
 @checks.register(checks.Tags.security)
@@ -87,18 +88,7 @@ def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
                 )
             )
             continue
-        # Twitch has scopes twitchAPI 4.5.0 does not know (openid, newer ones):
-        # they are requested and stored all the same, so this is only worth a look.
-        if unknown := [s for s in scopes if s not in KNOWN_SCOPES]:
-            messages.append(
-                checks.Warning(
-                    f"{name} has scope(s) twitchAPI does not know: "
-                    f"{', '.join(unknown)}.",
-                    hint="Fine if Twitch has them (check the spelling against "
-                    "https://dev.twitch.tv/docs/authentication/scopes/).",
-                    id="accounts.W005",
-                )
-            )
+        messages.extend(_scopes_twitch_lacks(name, scopes))
     if not settings.TWITCH_SCOPES:
         messages.append(
             checks.Warning(
@@ -108,6 +98,55 @@ def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
             )
         )
     return messages
+
+
+def _scopes_twitch_lacks(name: str, scopes: list[str]) -> list[checks.CheckMessage]:
+    """Scopes Twitch refuses (never had, or removed) are errors: Connect would fail
+    in production. Deprecated ones are a warning. A scope Twitch has and twitchAPI
+    does not know is fine: it is requested and stored all the same."""
+    status = twitch_scopes.status
+    messages: list[checks.CheckMessage] = []
+    if unknown := [s for s in scopes if status(s) is None]:
+        named = ", ".join(_with_guess(s) for s in unknown)
+        messages.append(
+            checks.Error(
+                f"{name} has scope(s) Twitch does not have: {named}.",
+                hint="Twitch refuses the whole authorization for one unknown scope. "
+                f"Use a scope from {twitch_scopes.SOURCE} (as read on "
+                f"{twitch_scopes.READ_ON}; accounts/twitch/scopes.py).",
+                id="accounts.E011",
+            )
+        )
+    removed = [twitch_scopes.SCOPES[s] for s in scopes if status(s) == "removed"]
+    if removed:
+        messages.append(
+            checks.Error(
+                f"{name} has scope(s) Twitch has removed: "
+                f"{', '.join(f'{s.name} (since {s.since})' for s in removed)}.",
+                hint="Twitch refuses the whole authorization for them. Use their "
+                f"successors from {twitch_scopes.SOURCE}.",
+                id="accounts.E012",
+            )
+        )
+    deprecated = [twitch_scopes.SCOPES[s] for s in scopes if status(s) == "deprecated"]
+    if deprecated:
+        messages.append(
+            checks.Warning(
+                f"{name} has scope(s) Twitch has deprecated: "
+                f"{', '.join(f'{s.name} (since {s.since})' for s in deprecated)}.",
+                hint="Twitch no longer documents them and may start refusing them "
+                "(and with them the whole authorization); drop them.",
+                id="accounts.W013",
+            )
+        )
+    return messages
+
+
+def _with_guess(scope: str) -> str:
+    """'chat:raed (did you mean chat:read?)': most unknown scopes are typos."""
+    current = [s.name for s in twitch_scopes.SCOPES.values() if s.status == "current"]
+    close = difflib.get_close_matches(scope, current, n=1)
+    return f"{scope} (did you mean {close[0]}?)" if close else scope
 
 
 @checks.register(checks.Tags.security)

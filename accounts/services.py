@@ -30,6 +30,7 @@ from accounts.twitch import (
     KNOWN_SCOPES,
     InvalidCredential,
     TwitchError,
+    TwitchRateLimited,
     TwitchRejected,
     TwitchUnavailable,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "ScopesNotOffered",
     "TokenStoreUnavailable",
     "TwitchError",
+    "TwitchRateLimited",
     "TwitchRejected",
     "TwitchUnavailable",
     "arevoke_tokens",

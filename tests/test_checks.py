@@ -51,14 +51,48 @@ def test_malformed_scopes_are_reported_by_name(settings):
 
 
 @pytest.mark.parametrize(
-    "scope", ["openid", "channel:manage:guest_star", "user:read:whispers:future"]
+    "scope",
+    [
+        "openid",
+        "channel:manage:guest_star",
+        "moderator:manage:suspicious_users",
+        "editor:manage:clips",
+    ],
 )
-def test_scopes_twitchapi_does_not_know_are_only_a_warning(settings, scope):
-    # Twitch has scopes twitchAPI 4.5.0's AuthScope lacks; they must stay usable.
+def test_scopes_twitch_has_and_twitchapi_lacks_are_fine(settings, scope):
+    # twitchAPI 4.5.0's AuthScope lacks them; Twitch has them, so they are used.
     settings.TWITCH_SCOPES = ["chat:read", scope]
+    assert checks.check_scopes() == []
+
+
+def test_a_scope_twitch_does_not_have_is_an_error_with_a_guess(settings):
+    settings.TWITCH_SCOPES = ["chat:read", "chat:raed", "user:read:whispers:future"]
+    errors = checks.check_scopes()
+    assert ids(errors) == ["accounts.E011"]
+    assert "chat:raed (did you mean chat:read?)" in errors[0].msg
+    assert "user:read:whispers:future" in errors[0].msg
+    assert "TWITCH_SCOPES" in errors[0].msg
+
+
+def test_optional_scopes_twitch_does_not_have_are_an_error_too(settings):
+    settings.TWITCH_OPTIONAL_SCOPES = ["user:bott"]
+    errors = checks.check_scopes()
+    assert ids(errors) == ["accounts.E011"]
+    assert "TWITCH_OPTIONAL_SCOPES" in errors[0].msg
+
+
+def test_a_scope_twitch_has_removed_is_an_error(settings):
+    settings.TWITCH_SCOPES = ["chat:read", "channel_subscriptions"]
+    errors = checks.check_scopes()
+    assert ids(errors) == ["accounts.E012"]
+    assert "channel_subscriptions (since 2022-02-28)" in errors[0].msg
+
+
+def test_a_deprecated_scope_is_only_a_warning(settings):
+    settings.TWITCH_SCOPES = ["chat:read", "user:edit:follows"]
     warnings = checks.check_scopes()
-    assert ids(warnings) == ["accounts.W005"]
-    assert scope in warnings[0].msg
+    assert ids(warnings) == ["accounts.W013"]
+    assert "user:edit:follows" in warnings[0].msg
     assert not any(w.is_serious() for w in warnings)
 
 
@@ -102,6 +136,12 @@ def test_the_validation_interval_is_a_setting_the_command_follows(
 def test_the_check_command_really_fails_on_a_misconfiguration(settings):
     settings.TWITCH_SCOPES = ["no spaces!"]
     with pytest.raises(SystemCheckError, match="no spaces!"):
+        call_command("check")
+
+
+def test_the_check_command_really_fails_on_a_scope_typo(settings):
+    settings.TWITCH_SCOPES = ["chat:read", "chat:eidt"]
+    with pytest.raises(SystemCheckError, match="accounts.E011"):
         call_command("check")
 
 

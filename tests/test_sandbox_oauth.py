@@ -78,13 +78,66 @@ def test_consent_page_shows_the_scopes_a_login_field_and_both_buttons(
 
 
 def test_consent_page_escapes_what_it_echoes(sandbox: Sandbox) -> None:
-    query = authorize_query(state='"><script>alert(1)</script>', scope="<b>x</b>")
+    query = authorize_query(state='"><script>alert(1)</script>')
 
     page = http(sandbox, "GET", "oauth2/authorize", query=query).text
 
     assert "<script>" not in page
-    assert "<b>x</b>" not in page
     assert "&lt;script&gt;" in page
+
+
+@pytest.mark.parametrize("scope", ["chat:raed", "<b>x</b>", "Chat:Read"])
+def test_a_scope_twitch_does_not_have_gets_an_error_page_and_nobody_is_sent_back(
+    sandbox: Sandbox, scope: str
+) -> None:
+    # Twitch refuses the whole request (twitch-cli's mock: 400 "Invalid scopes
+    # requested"); a typo in TWITCH_SCOPES fails here as it would in production.
+    query = authorize_query(scope=f"chat:read {scope}")
+
+    reply = http(sandbox, "GET", "oauth2/authorize", query=query)
+
+    assert reply.status == 400
+    assert reply.headers.get_content_type() == "text/html"
+    assert "invalid scope requested" in reply.text
+    assert "Location" not in reply.headers
+    assert "<b>x</b>" not in reply.text
+
+
+def test_a_scope_twitch_has_removed_gets_twitchs_unavailable_page(
+    sandbox: Sandbox,
+) -> None:
+    query = authorize_query(scope="chat:read channel_subscriptions")
+
+    reply = http(sandbox, "GET", "oauth2/authorize", query=query)
+
+    assert reply.status == 400
+    assert "scope you are requesting is currently unavailable" in reply.text
+
+
+@pytest.mark.parametrize(
+    "scope", ["openid", "channel:manage:clips", "moderator:read:guest_star"]
+)
+def test_scopes_twitch_has_and_twitchapi_lacks_are_asked_for(
+    sandbox: Sandbox, scope: str
+) -> None:
+    reply = http(sandbox, "GET", "oauth2/authorize", query=authorize_query(scope=scope))
+
+    assert reply.status == 200
+    assert scope in reply.text
+
+
+def test_a_consent_form_edited_to_an_unknown_scope_is_refused(
+    sandbox: Sandbox,
+) -> None:
+    form = {**authorize_query(scope="chat:read chat:evil"), "login": "alice"}
+
+    reply = http(
+        sandbox, "POST", "oauth2/authorize", form={**form, "action": "authorize"}
+    )
+
+    assert reply.status == 400
+    assert "invalid scope requested" in reply.text
+    assert "Location" not in reply.headers
 
 
 @pytest.mark.parametrize(

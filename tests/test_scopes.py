@@ -158,3 +158,26 @@ def test_refresh_tokens_keeps_connections_missing_scopes_alive(
     token.refresh_from_db()
     assert sandbox.is_refresh_token_valid(token.refresh_token)
     assert token.last_refreshed_at is not None
+
+
+def test_the_admin_scope_filter_marks_scopes_twitch_no_longer_has(
+    admin_client, alice, bob, sandbox
+):
+    make_token(alice, sandbox, scopes=["chat:read", "user:edit:follows"])
+    make_token(bob, sandbox, scopes=["chat:read", "channel_subscriptions"])
+
+    listing = page(admin_client.get("/admin/accounts/twitchtoken/"))
+
+    assert "user:edit:follows (deprecated since 2021)" in listing
+    assert "channel_subscriptions (removed since 2022-02-28)" in listing
+    assert "chat:read (" not in listing
+
+
+def test_scope_words_come_from_the_catalogue_of_twitchs_scopes():
+    from accounts.templatetags.twitchauth import in_plain_words
+
+    assert (
+        in_plain_words("moderator:read:chatters") == "see who is in chats you moderate"
+    )
+    assert in_plain_words("channel:manage:clips") == "manage the clips of your channel"
+    assert in_plain_words("not:a:scope") == "not:a:scope"

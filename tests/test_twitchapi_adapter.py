@@ -152,3 +152,35 @@ async def test_refresh_app_token_hook_asks_the_site_for_a_new_app_token(sandbox)
     tokens = [r for r in sandbox.requests if r.endpoint == "token"]
     assert len(tokens) == 3
     assert all(r.query == {} and r.form["client_secret"] for r in tokens)
+
+
+async def test_check_request_return_hook_bounds_twitchapis_rate_limit_sleep(sandbox):
+    assert declared(Twitch._check_request_return) == [
+        "self",
+        "session",
+        "response",
+        "method",
+        "url",
+        "auth_type",
+        "required_scope",
+        "data",
+        "retries",
+    ]
+    # What the hook keeps twitchAPI from doing: sleeping until the reset, uncapped,
+    # on a 429 or an empty bucket, after the statuses it handles itself.
+    source = inspect.getsource(Twitch._check_request_return)
+    assert "Ratelimit-Remaining" in source and "asyncio.sleep" in source
+    assert source.index("== 404") < source.index("Ratelimit-Remaining")
+    client = await a_user_client(sandbox, a_pair(sandbox), renewed := [])
+
+    sandbox.rate_limit("users", times=1, reset_in=3600)
+    started = time.monotonic()
+    with pytest.raises(twitch.TwitchRateLimited) as limited:
+        await asyncio.wait_for(first(client.get_users()), 5)
+    assert time.monotonic() - started < 2
+    assert limited.value.retry_after > 3500
+    sandbox.rate_limit("users", times=1, reset_in=1)  # within the call's budget
+    me = await first(client.get_users())
+    assert me.login == "alice"
+    assert sandbox.count("users") == 3
+    assert renewed == []

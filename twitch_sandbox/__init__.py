@@ -4,7 +4,8 @@ webhooks for ``user.authorization.revoke``.
 Built from shared/twitch-oauth.md: same paths, parameters, JSON fields, status
 codes and error bodies as Twitch, strict where Twitch is strict, plus handles
 for tests (users, expiry, disconnects, faults, altered answers, latency, live
-tokens, a record of every request, signed webhook messages)::
+tokens, a record of every request, signed webhook messages) and Twitch's rate
+limits (Helix token buckets, id.twitch.tv's burst limit)::
 
     sandbox = Sandbox(redirect_uris=["http://testserver/twitch/callback/"])
     sandbox.start()

@@ -7,6 +7,13 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from .limits import (
+    DEFAULT_AUTH_BURST,
+    DEFAULT_AUTH_PER_SECONDS,
+    DEFAULT_HELIX_PER_SECONDS,
+    DEFAULT_HELIX_POINTS,
+    Limit,
+)
 from .sandbox import (
     DEFAULT_ACCESS_TOKEN_LIFETIME,
     DEFAULT_CLIENT_ID,
@@ -58,6 +65,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="accept http:// EventSub callbacks on any port (Twitch wants https "
         "on 443), for a site running locally",
     )
+    parser.add_argument(
+        "--helix-rate-limit",
+        type=_limit,
+        default=(DEFAULT_HELIX_POINTS, DEFAULT_HELIX_PER_SECONDS),
+        metavar="POINTS/SECONDS",
+        help="each Helix token bucket's size and the seconds it takes to refill "
+        f"(default: Twitch's {DEFAULT_HELIX_POINTS}/{DEFAULT_HELIX_PER_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--auth-rate-limit",
+        type=_limit_or_off,
+        default=(DEFAULT_AUTH_BURST, DEFAULT_AUTH_PER_SECONDS),
+        metavar="BURST/SECONDS",
+        help="requests per client to token, validate and revoke before a 429, "
+        "and the seconds their bucket takes to refill (default: "
+        f"{DEFAULT_AUTH_BURST}/{DEFAULT_AUTH_PER_SECONDS:g}); 'off' for a "
+        "benchmark that measures the site rather than Twitch",
+    )
     args = parser.parse_args(argv)
 
     sandbox = Sandbox(
@@ -66,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         redirect_uris=args.redirect_uri,
         access_token_lifetime=args.access_token_lifetime,
         allow_insecure_callbacks=args.allow_insecure_callbacks,
+        helix_rate_limit=args.helix_rate_limit,
+        auth_rate_limit=args.auth_rate_limit,
     )
     if args.latency:
         sandbox.set_latency(args.latency)
@@ -84,6 +111,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         pass
     finally:
         sandbox.stop()
+
+
+def _limit(text: str) -> tuple[int, float]:
+    points, slash, seconds = text.partition("/")
+    try:
+        limit = Limit.checked(int(points), float(seconds) if slash else 0.0)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not POINTS/SECONDS, e.g. 800/60"
+        ) from None
+    return limit.points, limit.per_seconds
+
+
+def _limit_or_off(text: str) -> tuple[int, float] | None:
+    return None if text == "off" else _limit(text)
 
 
 if __name__ == "__main__":

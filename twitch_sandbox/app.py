@@ -1,5 +1,5 @@
-"""The aiohttp application: routes, and the middleware that applies latency
-and faults and records every request."""
+"""The aiohttp application: routes, and the middleware that applies latency,
+faults and Twitch's rate limits and records every request."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from aiohttp import web
 
 from . import control, eventsub, helix, oauth
 from .faults import HANG_SECONDS
-from .keys import DELIVERING, EVENTSUB, FAULTS, LEDGER, LOG, SLEEPERS
+from .keys import DELIVERING, EVENTSUB, FAULTS, LEDGER, LIMITS, LOG, SLEEPERS
+from .ledger import Ledger
+from .limits import AUTH_ENDPOINTS, HELIX_ENDPOINTS, Spent, too_many_requests
 from .recording import RECORDED_ENDPOINTS, RecordedRequest
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ def build_app(sandbox: Sandbox) -> web.Application:
     app[FAULTS] = sandbox.faults
     app[LOG] = sandbox.log
     app[EVENTSUB] = sandbox.eventsub
+    app[LIMITS] = sandbox.limits
     app[SLEEPERS] = set()
     app[DELIVERING] = set()
     app.on_shutdown.append(_cancel_waiting)
@@ -104,7 +107,7 @@ async def sandbox_middleware(
         if fault is None or fault.kind == "alter":
             # An alteration lets the real handler run first, so a refresh
             # still rotates and a code is still spent.
-            response = await handler(request)
+            response = await _limited(endpoint, request, form, handler)
             if fault is not None:
                 response = fault.alter(response)
         else:
@@ -120,6 +123,58 @@ async def sandbox_middleware(
     finally:
         if not recorded:
             record()
+
+
+async def _limited(
+    endpoint: str, request: web.Request, form: dict[str, str], handler: Handler
+) -> web.StreamResponse:
+    """The handler's answer, unless the request's rate-limit bucket is empty:
+    then 429, and the handler never runs (a refresh does not rotate). Faults
+    stand in for Twitch's whole answer, so they spend nothing."""
+    spent = _charge(endpoint, request, form)
+    if spent is None:
+        return await handler(request)
+    if not spent.allowed:
+        return too_many_requests(endpoint, spent)
+    response = await handler(request)
+    if endpoint in HELIX_ENDPOINTS:
+        response.headers.update(spent.headers())
+    return response
+
+
+def _charge(endpoint: str, request: web.Request, form: dict[str, str]) -> Spent | None:
+    limits, ledger = request.app[LIMITS], request.app[LEDGER]
+    if endpoint in HELIX_ENDPOINTS:
+        key = _helix_bucket(request, ledger)
+        return None if key is None else limits.helix.spend(key)
+    if endpoint in AUTH_ENDPOINTS:
+        return limits.auth.spend(_auth_bucket(endpoint, request, form, ledger))
+    return None
+
+
+def _helix_bucket(request: web.Request, ledger: Ledger) -> tuple[str, ...] | None:
+    """An app access token has its own bucket; a user's tokens share the one of
+    their client and user. None for the answers no bucket pays for (401s)."""
+    token = oauth.bearer_token(request, schemes=("bearer",))
+    info = ledger.token_info(token)
+    if token is None or info is None:
+        return None
+    if request.headers.get("Client-Id") != info.client_id:
+        return None
+    if info.user is None:
+        return ("app", token)
+    return ("user", info.client_id, info.user.id)
+
+
+def _auth_bucket(
+    endpoint: str, request: web.Request, form: dict[str, str], ledger: Ledger
+) -> str:
+    """The client's bucket: the ``client_id`` sent (the form wins, as in the
+    endpoints), or for validate the token's client; "" when neither is known."""
+    if endpoint == "validate":
+        token = oauth.bearer_token(request, schemes=("oauth", "bearer"))
+        return ledger.client_of(token) or ""
+    return form.get("client_id") or request.query.get("client_id") or ""
 
 
 async def _sleep(app: web.Application, seconds: float) -> None:

@@ -36,6 +36,8 @@ COMMANDS = (
     ("POST", "fail", "fail"),
     ("POST", "hang", "hang"),
     ("POST", "rate-limit", "rate_limit"),
+    ("POST", "helix-rate-limit", "set_helix_rate_limit"),
+    ("POST", "auth-rate-limit", "set_auth_rate_limit"),
     ("POST", "alter", "alter"),
     ("POST", "clear-faults", "clear_faults"),
     ("GET", "stats", "stats"),

@@ -461,6 +461,12 @@ class Ledger:
                 return None
             return self._users_by_id.get(access.user_id)
 
+    def client_of(self, token: str | None) -> str | None:
+        """Which client an access token was issued to, even if it has died since."""
+        with self._lock:
+            access = self._access.get(token) if token else None
+            return None if access is None else access.client_id
+
     def is_access_token_valid(self, token: str) -> bool:
         with self._lock:
             access = self._access.get(token)

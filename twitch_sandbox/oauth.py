@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
+from accounts.twitch.scopes import ACCEPTED, SCOPES, Status
+
 from .keys import LEDGER
-from .ledger import Ledger, Rejected, TokenInfo, normalize_scopes
-from .pages import consent_page, error_page
+from .ledger import (
+    Ledger,
+    Rejected,
+    SandboxUser,
+    TokenInfo,
+    normalize_login,
+    normalize_scopes,
+)
+from .pages import DEFAULT_LOGIN, consent_page, error_page
 from .responses import json_response, redirect
 
 # Carried from the authorize URL through the consent form.
@@ -21,6 +32,22 @@ AUTHORIZE_PARAMS = (
     "force_verify",
 )
 
+# Twitch knows who is at the browser by its login cookie; the sandbox sets this one
+# when someone approves on its consent page.
+LOGIN_COOKIE = "twitch_sandbox_login"
+
+
+@dataclass
+class _Approval:
+    user: SandboxUser  # the ledger's user then: a reset ledger has new ones
+    scopes: set[str]
+
+
+# What each user approved for the app, per ledger, as Twitch remembers it.
+_approvals: weakref.WeakKeyDictionary[Ledger, dict[str, _Approval]] = (
+    weakref.WeakKeyDictionary()
+)
+
 
 async def authorize_page(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
@@ -28,15 +55,23 @@ async def authorize_page(request: web.Request) -> web.Response:
     problem = _check_authorize(ledger, params)
     if problem is not None:
         return problem
-    # The sandbox remembers no earlier approval, so it always asks, as if
-    # force_verify=true; the flag is carried along all the same.
-    return _html(
-        consent_page(
-            client_id=params["client_id"],
-            scopes=normalize_scopes(params.get("scope", "")),
-            hidden={name: params[name] for name in AUTHORIZE_PARAMS if name in params},
+    scopes = normalize_scopes(params.get("scope", ""))
+    login = _approved_login(ledger, request, scopes)
+    if login is not None and params.get("force_verify") != "true":
+        # Already approved: Twitch sends the user straight back, without asking.
+        code = ledger.authorize(
+            login=login, scopes=scopes, redirect_uri=params["redirect_uri"]
         )
+        approved = {"code": code, "scope": " ".join(scopes)}
+        return redirect(params["redirect_uri"], _with_state(approved, params))
+    page = consent_page(
+        client_id=params["client_id"],
+        scopes=scopes,
+        hidden={name: params[name] for name in AUTHORIZE_PARAMS if name in params},
+        # Twitch shows who is logged in; the sandbox lets them log in as another.
+        login=request.cookies.get(LOGIN_COOKIE) or DEFAULT_LOGIN,
     )
+    return _html(page)
 
 
 async def authorize_submit(request: web.Request) -> web.Response:
@@ -69,8 +104,43 @@ async def authorize_submit(request: web.Request) -> web.Response:
             error="A Twitch login is 1 to 25 letters, digits or underscores.",
         )
         return _html(page, status=400)
+    login = normalize_login(login)
+    _remember_approval(ledger, login, scopes)
     approved = {"code": code, "scope": " ".join(scopes)}
-    return redirect(redirect_uri, _with_state(approved, params))
+    response = redirect(redirect_uri, _with_state(approved, params))
+    # Logged in on "Twitch" from now on, in this browser.
+    response.set_cookie(
+        LOGIN_COOKIE, login, path="/oauth2/", httponly=True, samesite="Lax"
+    )
+    return response
+
+
+def _remember_approval(ledger: Ledger, login: str, scopes: tuple[str, ...]) -> None:
+    user = ledger.user_by_login(login)
+    assert user is not None  # `authorize` has just added it
+    approvals = _approvals.setdefault(ledger, {})
+    earlier = approvals.get(login)
+    if earlier is None or earlier.user is not user:
+        earlier = approvals[login] = _Approval(user=user, scopes=set())
+    earlier.scopes.update(scopes)
+
+
+def _approved_login(
+    ledger: Ledger, request: web.Request, scopes: tuple[str, ...]
+) -> str | None:
+    """The browser's logged-in user, if they approved all of `scopes` for the app
+    and have not disconnected it since (Twitch then forgets the approval)."""
+    login = request.cookies.get(LOGIN_COOKIE, "")
+    approval = _approvals.get(ledger, {}).get(login)
+    if approval is None or approval.user is not ledger.user_by_login(login):
+        return None  # never approved, or the sandbox was reset since
+    if not set(scopes) <= approval.scopes:
+        return None
+    try:
+        connected = bool(ledger.live_tokens(login).refresh)
+    except KeyError:
+        return None
+    return login if connected else None
 
 
 async def token(request: web.Request) -> web.Response:
@@ -146,6 +216,19 @@ def _check_authorize(ledger: Ledger, params: Mapping[str, str]) -> web.Response 
             "error_description": "Parameter redirect_uri does not match registered URI",
         }
         return redirect(ledger.redirect_uris[0], mismatch)
+    # One scope Twitch does not have and Twitch refuses the whole request with an
+    # error page of its own, sending nobody back (twitchdev/twitch-cli's mock
+    # answers 400 "Invalid scopes requested" likewise).
+    requested = normalize_scopes(params.get("scope", ""))
+    if any(SCOPES[s].status is Status.REMOVED for s in requested if s in SCOPES):
+        message = (
+            "Sorry, the scope you are requesting is currently unavailable. Please "
+            "request new scopes documented at "
+            "https://dev.twitch.tv/docs/authentication/scopes/"
+        )
+        return _html(error_page(message), status=400)
+    if any(s not in ACCEPTED for s in requested):
+        return _html(error_page("invalid scope requested"), status=400)
     return None
 
 

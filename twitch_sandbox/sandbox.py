@@ -1,12 +1,13 @@
 """The Sandbox: a real HTTP server in a thread, and the one API to drive it.
 
 Its parts are public attributes: ``ledger`` (users, codes and tokens),
-``faults`` (queued faults and latency), ``log`` (recorded requests) and
-``eventsub`` (EventSub subscriptions and deliveries); the OAuth and Helix
-handlers use them directly. The methods here are the documented
-surface for tests, most of them one line onto those parts; the fault methods
-describe each fault once as a ``Fault``. The ``/_sandbox/`` control endpoints
-(control.py) call these very methods, so Python and HTTP share one API.
+``faults`` (queued faults and latency), ``limits`` (Twitch's rate limits),
+``log`` (recorded requests) and ``eventsub`` (EventSub subscriptions and
+deliveries); the OAuth and Helix handlers use them directly. The methods here
+are the documented surface for tests, most of them one line onto those parts;
+the fault methods describe each fault once as a ``Fault``. The ``/_sandbox/``
+control endpoints (control.py) call these very methods, so Python and HTTP share
+one API.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from . import webhooks
 from .app import build_app
 from .faults import Fault, Faults
 from .ledger import Ledger, LiveTokens, SandboxUser
+from .limits import (
+    DEFAULT_AUTH_BURST,
+    DEFAULT_AUTH_PER_SECONDS,
+    DEFAULT_HELIX_PER_SECONDS,
+    DEFAULT_HELIX_POINTS,
+    Limit,
+    RateLimits,
+)
 from .recording import RecordedRequest, RequestLog
 from .webhooks import Delivery, Subscriptions, WebhookMessage
 
@@ -55,7 +64,17 @@ class Sandbox:
         redirect_uris: Iterable[str] = (),
         access_token_lifetime: int = DEFAULT_ACCESS_TOKEN_LIFETIME,
         allow_insecure_callbacks: bool = False,
+        helix_rate_limit: tuple[int, float] = (
+            DEFAULT_HELIX_POINTS,
+            DEFAULT_HELIX_PER_SECONDS,
+        ),
+        auth_rate_limit: tuple[int, float] | None = (
+            DEFAULT_AUTH_BURST,
+            DEFAULT_AUTH_PER_SECONDS,
+        ),
     ) -> None:
+        """``helix_rate_limit`` and ``auth_rate_limit`` are ``(points,
+        per_seconds)``, what ``reset()`` goes back to; see the setters."""
         self.ledger = Ledger(
             client_id=client_id,
             client_secret=client_secret,
@@ -63,6 +82,10 @@ class Sandbox:
             access_token_lifetime=access_token_lifetime,
         )
         self.faults = Faults()
+        self.limits = RateLimits(
+            helix=Limit.checked(*helix_rate_limit),
+            auth=None if auth_rate_limit is None else Limit.checked(*auth_rate_limit),
+        )
         self.log = RequestLog()
         self.eventsub = Subscriptions(allow_insecure_callbacks=allow_insecure_callbacks)
         self._host = ""
@@ -204,12 +227,14 @@ class Sandbox:
 
     def reset(self) -> None:
         """Forget users, codes, tokens, faults, latency, recorded requests,
-        EventSub subscriptions and deliveries.
+        EventSub subscriptions and deliveries; fill every rate-limit bucket and
+        go back to the limits the sandbox was made with.
 
         The client, its redirect URIs and ``allow_insecure_callbacks`` stay.
         """
         self.ledger.reset()
         self.faults.reset()
+        self.limits.reset()
         self.log.reset()
         self.eventsub.reset()
 
@@ -464,6 +489,30 @@ class Sandbox:
         self.faults.add(
             Fault(endpoint, "alter", times=times, changes=set, removals=remove)
         )
+
+    # Rate limits ----------------------------------------------------------
+
+    def set_helix_rate_limit(
+        self,
+        points: int = DEFAULT_HELIX_POINTS,
+        per_seconds: float = DEFAULT_HELIX_PER_SECONDS,
+    ) -> None:
+        """Helix buckets hold ``points`` and refill from empty in ``per_seconds``
+        (Twitch: 800 a minute, the default); every bucket starts full again.
+        Each request costs a point; ``Ratelimit-Limit`` says ``points``."""
+        self.limits.helix.configure(Limit.checked(points, per_seconds))
+
+    def set_auth_rate_limit(
+        self,
+        burst: int | None = DEFAULT_AUTH_BURST,
+        per_seconds: float = DEFAULT_AUTH_PER_SECONDS,
+    ) -> None:
+        """id.twitch.tv (token, validate, revoke) answers 429 past ``burst``
+        requests per client, refilled from empty in ``per_seconds``; every
+        bucket starts full again. ``burst=None`` lifts the limit, for a
+        benchmark that measures the site rather than Twitch."""
+        limit = None if burst is None else Limit.checked(burst, per_seconds)
+        self.limits.auth.configure(limit)
 
     def clear_faults(self) -> None:
         """Drop every pending fault; latency stays until reset or set to 0."""

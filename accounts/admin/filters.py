@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.models import TwitchToken
+from accounts.twitch import scopes as twitch_scopes
 
 SECRETS = ("access_token", "refresh_token")
 
@@ -112,7 +113,8 @@ class ScopeFilter(admin.SimpleListFilter):
         granted = TwitchToken.objects.order_by().values_list("scopes", flat=True)
         present = {scope for scopes in granted.distinct() for scope in scopes or []}
         return [
-            (scope, scope) for scope in sorted(present | set(settings.TWITCH_SCOPES))
+            (scope, _scope_label(scope))
+            for scope in sorted(present | set(settings.TWITCH_SCOPES))
         ]
 
     def queryset(
@@ -124,6 +126,16 @@ class ScopeFilter(admin.SimpleListFilter):
         # databases store the list as JSON text, where a scope appears quoted: the
         # quotes keep "user:edit" from matching "user:edit:follows".
         return queryset.filter(scopes__icontains=json.dumps(self.value()))
+
+
+def _scope_label(scope: str) -> str:
+    """The scope, marked when Twitch no longer has it (or never had)."""
+    status = twitch_scopes.status(scope)
+    if status is None:
+        return f"{scope} (unknown to Twitch)"
+    if status != twitch_scopes.Status.CURRENT:
+        return f"{scope} ({status} since {twitch_scopes.SCOPES[scope].since})"
+    return scope
 
 
 class ExpiryFilter(admin.SimpleListFilter):

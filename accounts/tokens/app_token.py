@@ -26,6 +26,8 @@ RENEW_BEFORE = timedelta(hours=1)
 FETCH_LEASE = timedelta(minutes=2)
 WAIT = 15.0  # seconds
 POLL = 0.2  # seconds
+# The longest site code waits out Twitch's rate limit: the seam's timeout.
+SITE_MAX_WAIT = 8.0  # seconds
 
 
 @asynccontextmanager
@@ -99,7 +101,10 @@ def _claim_fetch(*, refused: str | None) -> bool:
 @sensitive_variables()
 async def _fetch_and_store() -> str:
     try:
-        grant = await twitch.with_retries(twitch.fetch_app_token)
+        # Site code is waiting: a rate limit is waited out only within a call's time.
+        grant = await twitch.with_retries(
+            twitch.fetch_app_token, max_wait=SITE_MAX_WAIT
+        )
     except BaseException:
         await sync_to_async(_release_fetch)()
         raise

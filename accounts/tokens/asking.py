@@ -37,11 +37,14 @@ async def ask_twitch(
     keep: Callable[[twitch.TokenGrant], None],
     refresh_before: float | None = None,
     stopping: Callable[[], bool] | None = None,
+    rate_limited: Callable[[twitch.TwitchRateLimited], None] | None = None,
 ) -> Findings:
     """Do what `plan` wants of one claimed token. A refresh that validation calls
     for is left to the next run once `refresh_before` (time.monotonic) has passed;
-    once `stopping()` says so, a failed call is not tried again. Never raises: one
-    token's surprise must not cost the others their results."""
+    once `stopping()` says so, a failed call is not tried again; each 429 Twitch
+    answers is told to `rate_limited`. Never raises: one token's surprise must not
+    cost the others their results. A token that met only 429s is UNFINISHED: Twitch
+    did nothing, so its refresh token is as good as before."""
     assert token.claimed_until is not None
     now = timezone.now()
     if token.claimed_until - now < LEASE_NEEDED:
@@ -78,6 +81,7 @@ async def ask_twitch(
                     lambda: twitch.validate(token.access_token),
                     attempts=attempts,
                     stopping=stopping,
+                    rate_limited=rate_limited,
                 )
                 return Findings(
                     Verdict.VALIDATED, validation=Attempt.SUCCEEDED, info=info
@@ -116,6 +120,7 @@ async def ask_twitch(
                 lambda: twitch.refresh(token.refresh_token),
                 attempts=attempts,
                 stopping=stopping,
+                rate_limited=rate_limited,
             )
         except twitch.InvalidCredential as rejected:
             verdict = (
@@ -161,6 +166,7 @@ async def ask_twitch(
                     lambda: twitch.validate(grant.access_token),
                     attempts=attempts,
                     stopping=stopping,
+                    rate_limited=rate_limited,
                 )
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:
@@ -179,6 +185,7 @@ async def ask_twitch(
                     lambda: twitch.validate(grant.access_token),
                     attempts=attempts,
                     stopping=stopping,
+                    rate_limited=rate_limited,
                 )
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:

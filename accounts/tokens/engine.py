@@ -62,6 +62,8 @@ STORE_PATIENCE = 60.0  # seconds
 # Rotated token pairs a run may hold that the database has not stored yet; past
 # this, and while writes fail, it starts no new refresh.
 MAX_UNSTORED = 2 * WRITE_BATCH
+# How long the run pauses after a 429 that names no reset.
+RATE_LIMIT_PAUSE = 1.0  # seconds
 
 
 async def amaintain_tokens(
@@ -89,6 +91,11 @@ async def amaintain_tokens(
     writes is retried (STORE_PATIENCE seconds by default) before the run gives up
     (its pairs stay in the spool) and raises `DatabaseError`. `stop`: once set (a
     signal handler may set it), no new token is started; the report says so.
+
+    When Twitch answers 429, the run slows down: no new token is started before
+    the reset Twitch names (at most `twitch.http.MAX_RETRY_WAIT` away; a later
+    reset leaves the rest for the next run), and the report counts the 429s and
+    the pause.
 
     A call to Twitch in flight is never abandoned, even when the caller is
     cancelled (a dropped request, a worker shutting down): Twitch may rotate the
@@ -158,6 +165,10 @@ class Run:
         self.failing_since: float | None = None
         self.wake_writer = asyncio.Event()
         self.workers_done = False
+        # Rate limited by Twitch: no token is started before this (time.monotonic),
+        # and none at all once Twitch names a reset further than MAX_RETRY_WAIT.
+        self.not_before = 0.0
+        self.limited_for_long = False
 
     async def handle(self, pks: list[int], *, concurrency: int) -> Report:
         queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=concurrency)
@@ -255,6 +266,7 @@ class Run:
     async def work(self, queue: asyncio.Queue[TwitchToken | None]) -> None:
         while (token := await queue.get()) is not None:
             await self.wait_until_results_can_be_stored()
+            await self.wait_out_rate_limit()
             if not self.may_start():
                 self.unstarted.append(token)
                 self.leave(1)
@@ -281,6 +293,7 @@ class Run:
             keep=keep,
             refresh_before=self.start_before,
             stopping=self.stop_requested,
+            rate_limited=self.slow_down,
         )
         if kept and findings.grant is None:
             self.unstored -= 1  # Twitch's answer turned out unusable
@@ -324,13 +337,38 @@ class Run:
         ):
             await asyncio.sleep(FLUSH_EVERY)
 
+    def slow_down(self, error: twitch.TwitchRateLimited) -> None:
+        """Twitch answered 429 (it did nothing): start no token before its reset."""
+        self.report.rate_limited += 1
+        wait = RATE_LIMIT_PAUSE if error.retry_after is None else error.retry_after
+        if wait > twitch.http.MAX_RETRY_WAIT:
+            # Every call would meet the same 429 meanwhile: the next run goes on.
+            self.limited_for_long = True
+            return
+        now = time.monotonic()
+        until = now + wait
+        if until > self.not_before:
+            # Only the part of the pause not already counted.
+            self.report.rate_limit_wait += until - max(now, self.not_before)
+            self.not_before = until
+
+    async def wait_out_rate_limit(self) -> None:
+        while self.may_start() and (left := self.not_before - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, FLUSH_EVERY))
+
     def may_start(self) -> bool:
         """Whether a new token may be started: not once the run has stopped (its
-        claim or its database failed), been asked to stop, or run out of budget."""
+        claim or its database failed), been asked to stop, run out of budget, or
+        been rate limited for longer than MAX_RETRY_WAIT."""
         out_of_budget = (
             self.start_before is not None and time.monotonic() > self.start_before
         )
-        return not (self.stopped or self.stop_requested() or out_of_budget)
+        return not (
+            self.stopped
+            or self.stop_requested()
+            or out_of_budget
+            or self.limited_for_long
+        )
 
     def stop_requested(self) -> bool:
         return self.stop is not None and self.stop.is_set()

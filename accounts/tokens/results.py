@@ -117,6 +117,9 @@ class Report:
     left: int = 0
     # Asked to stop (a signal): the tokens not started are counted as left.
     stopped: bool = False
+    # 429s Twitch answered, and the seconds the run paused for them.
+    rate_limited: int = 0
+    rate_limit_wait: float = 0.0
 
     @property
     def handled_all(self) -> bool:
@@ -125,6 +128,11 @@ class Report:
     def summary(self) -> str:
         left = f", left {self.left}" if self.left else ""
         stopped = "; stopped before the end" if self.stopped else ""
+        if self.rate_limited:
+            times = "once" if self.rate_limited == 1 else f"{self.rate_limited} times"
+            stopped += (
+                f"; rate limited by Twitch {times}, waited {self.rate_limit_wait:.1f} s"
+            )
         return (
             f"refreshed {self.counts[Outcome.REFRESHED]}, "
             f"validated {self.counts[Outcome.VALIDATED]}, "
@@ -141,4 +149,6 @@ class Report:
         data["left"] = self.left
         data["stopped"] = self.stopped
         data["seconds"] = round(self.seconds, 3)
+        data["rate_limited"] = self.rate_limited
+        data["rate_limit_wait"] = round(self.rate_limit_wait, 3)
         return data

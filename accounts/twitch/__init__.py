@@ -2,8 +2,9 @@
 
 Nothing else in the project imports twitchAPI or aiohttp. Every transport or protocol
 failure leaves this package as a `TwitchError` (`TwitchUnavailable`: keep what you
-hold and try later; `TwitchRejected`, and its `InvalidCredential`: Twitch said no),
-whose text is safe to show and to log because it never carries a credential.
+hold and try later, its `TwitchRateLimited` saying how long for after a 429;
+`TwitchRejected`, and its `InvalidCredential`: Twitch said no), whose text is safe
+to show and to log because it never carries a credential.
 
 - `errors`: that family of exceptions.
 - `http`: one aiohttp session per event loop, `TIMEOUT`, `run_sync`, retries, and
@@ -11,6 +12,8 @@ whose text is safe to show and to log because it never carries a credential.
 - `oauth`: the id.twitch.tv endpoints (authorize, token, validate, revoke), called
   with form bodies and parsed strictly.
 - `helix`: EventSub subscriptions, with the app access token.
+- `scopes`: the catalogue of Twitch's scopes (current, deprecated, removed), plain
+  data that the sandbox imports too.
 - `clients`: twitchAPI clients for site code, whose token renewals are the site's.
 - `twitchapi`: the adapter holding every use of twitchAPI's private names.
 
@@ -31,6 +34,7 @@ from accounts.twitch.clients import (
 from accounts.twitch.errors import (
     InvalidCredential,
     TwitchError,
+    TwitchRateLimited,
     TwitchRejected,
     TwitchUnavailable,
 )
@@ -67,6 +71,7 @@ __all__ = [
     "TokenGrant",
     "TokenInfo",
     "TwitchError",
+    "TwitchRateLimited",
     "TwitchRejected",
     "TwitchUnavailable",
     "UserClient",

@@ -32,6 +32,17 @@ class TwitchUnavailable(TwitchError):
         self.retryable = retryable
 
 
+class TwitchRateLimited(TwitchUnavailable):
+    """Twitch rate limited us (429): it did nothing with the request.
+
+    `retry_after`: seconds until Twitch says its bucket refills (None when it did
+    not say). Raised within the seam's timeout rather than waiting longer.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, rate_limited=True)
+
+
 class TwitchRejected(TwitchError):
     """Twitch answered the request with a refusal (4xx)."""
 

@@ -19,6 +19,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from accounts.twitch.errors import (
     InvalidCredential,
+    TwitchRateLimited,
     TwitchRejected,
     TwitchUnavailable,
 )
@@ -185,10 +186,9 @@ def raise_for_status(
     of `credential_words` is `InvalidCredential`."""
     status = answer.status
     if status == 429:
-        raise TwitchUnavailable(
+        raise TwitchRateLimited(
             f"Twitch's {endpoint} endpoint is rate limiting us.",
-            retry_after=_retry_after(answer.headers),
-            rate_limited=True,
+            retry_after=seconds_to_reset(answer.headers),
         )
     if status >= 500 or status < 200 or 300 <= status < 400:
         raise TwitchUnavailable(f"Twitch's {endpoint} endpoint answered {status}.")
@@ -210,7 +210,9 @@ def _message(body: Any) -> str:
     return "".join(c for c in text if c.isprintable())[:120]
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def seconds_to_reset(headers: Mapping[str, str]) -> float | None:
+    """How long a 429 asks us to wait: until `Ratelimit-Reset` (an epoch time, as
+    Helix and id.twitch.tv send it), else `Retry-After`; None when neither says."""
     try:
         if reset := headers.get("Ratelimit-Reset"):
             return max(0.0, float(reset) - time.time())
@@ -236,10 +238,15 @@ async def with_retries(
     *,
     attempts: int = 3,
     stopping: Callable[[], bool] | None = None,
+    rate_limited: Callable[[TwitchRateLimited], None] | None = None,
+    max_wait: float | None = None,
 ) -> T:
     """Retry transient failures with backoff, honouring Twitch's rate-limit reset.
     Once `stopping()` says so (the process is asked to stop), no attempt follows:
-    the call in flight is the last, bounded by the timeout."""
+    the call in flight is the last, bounded by the timeout. Each 429 met is told to
+    `rate_limited` (a run slows down for it); a reset further than `max_wait`
+    (MAX_RETRY_WAIT: a cron run's patience; site code passes less) away raises the
+    `TwitchRateLimited` at once."""
     unanswered = False
     for attempt in range(1, attempts + 1):
         try:
@@ -248,6 +255,8 @@ async def with_retries(
             error.after_unanswered_attempt = unanswered
             raise
         except TwitchUnavailable as error:
+            if isinstance(error, TwitchRateLimited) and rate_limited is not None:
+                rate_limited(error)
             unanswered = unanswered or not error.rate_limited
             if attempt == attempts or not error.retryable:
                 raise
@@ -255,7 +264,9 @@ async def with_retries(
                 raise
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
             if error.retry_after is not None:
-                if error.retry_after > MAX_RETRY_WAIT:
+                if error.retry_after > (
+                    MAX_RETRY_WAIT if max_wait is None else max_wait
+                ):
                     raise
                 delay = max(delay, error.retry_after)
             await asyncio.sleep(delay)

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 # up with the refresh token it did hold (see `refresh`).
 MAX_PARTIAL_ANSWERS = 3
 
-# The scopes twitchAPI can name (its `AuthScope`); Twitch knows more (openid, newer).
+# The scopes twitchAPI can name (its `AuthScope`), which are the ones handed to it;
+# what Twitch has is `scopes.SCOPES` (twitchAPI lacks some and has removed ones).
 KNOWN_SCOPES = frozenset(scope.value for scope in AuthScope)
 
 # Twitch logins are 1-25 characters of [a-z0-9_]; user ids are digits. Anything

@@ -5,12 +5,19 @@ Where a public knob does the job it is used: tokens go in through
 `set_user_authentication(..., validate=False)` and `set_app_authentication`, come
 back through `get_user_auth_token()`, `get_user_auth_scope()` and
 `get_app_token()`, `has_required_auth` says whether a user token is set, and
-`session_timeout` bounds Helix calls. Four hooks remain, each with a test in
+`session_timeout` bounds Helix calls. Five hooks remain, each with a test in
 tests/test_twitchapi_adapter.py that fails when twitchAPI changes it:
 
 - `_api_request` (private): every Helix request goes through it, and twitchAPI
   lets aiohttp's errors and its own `TwitchBackendException` out; no knob
-  translates them.
+  translates them. It also starts the call's time budget (`session_timeout`).
+- `_check_request_return` (private): where twitchAPI looks at each Helix answer.
+  On a 429, or any answer saying `Ratelimit-Remaining: 0`, its own sleeps until
+  `Ratelimit-Reset` without a cap (an hour, if Twitch says so), then hands a 429
+  back as if it were data; no knob turns that off. Here a 429 is waited out only
+  when the reset comes within the call's budget, and is otherwise a
+  `TwitchRateLimited`; an empty bucket alone never sleeps (the next call's 429,
+  if any, decides).
 - `refresh_used_token`: what twitchAPI calls on a 401. Its own refreshes by
   itself (`user_auth_refresh_callback` only hears of it afterwards), and
   `auto_refresh_auth = False` would turn the 401 into an error without asking the
@@ -25,15 +32,22 @@ tests/test_twitchapi_adapter.py that fails when twitchAPI changes it:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
 from twitchAPI.twitch import Twitch
 from twitchAPI.type import AuthScope, AuthType, TwitchBackendException
 
-from accounts.twitch.errors import InvalidCredential, TwitchUnavailable
-from accounts.twitch.http import unavailable
+from accounts.twitch import http
+from accounts.twitch.errors import (
+    InvalidCredential,
+    TwitchRateLimited,
+    TwitchUnavailable,
+)
+from accounts.twitch.http import seconds_to_reset, unavailable
 from accounts.twitch.oauth import validate
 
 # Given the access and refresh token a client holds, return the pair it should use
@@ -43,6 +57,17 @@ Renew = Callable[[str, str], Awaitable[tuple[str, str]]]
 
 # Given the app access token Twitch just refused, return the one to use now.
 RenewApp = Callable[[str], Awaitable[str]]
+
+# When the Helix call under way must be over (time.monotonic): its first request's
+# start plus `session_timeout`. twitchAPI's own retries (after a 401, a 503, a
+# 429 waited out) run inside the first request, so they see it set.
+_deadline: ContextVar[float | None] = ContextVar("helix_deadline", default=None)
+# A 429 is waited out only if this much of the budget is left after the wait, for
+# asking again.
+RETRY_ROOM = 0.5  # seconds
+# Statuses on which twitchAPI 4.5.0's `_check_request_return` retries or raises
+# before it reaches its rate-limit sleep; on any other, that sleep is all it does.
+_HANDLED_BEFORE_SLEEPING = frozenset({400, 401, 404, 500, 503})
 
 
 class SiteClient(Twitch):
@@ -56,12 +81,76 @@ class SiteClient(Twitch):
 
     # Hook: twitchAPI 4.5.0's private `Twitch._api_request`.
     async def _api_request(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        started = None
+        if _deadline.get() is None:
+            started = _deadline.set(time.monotonic() + self._budget())
         try:
             return await super()._api_request(*args, **kwargs)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise unavailable("Helix", error) from None
         except TwitchBackendException:
             raise TwitchUnavailable("Twitch's Helix API failed (5xx).") from None
+        finally:
+            if started is not None:
+                _deadline.reset(started)
+
+    # Hook: twitchAPI 4.5.0's private `Twitch._check_request_return`.
+    async def _check_request_return(
+        self,
+        session: aiohttp.ClientSession,
+        response: aiohttp.ClientResponse,
+        method: str,
+        url: str,
+        auth_type: AuthType,
+        required_scope: list[Any],
+        data: dict | None = None,
+        retries: int = 1,
+    ) -> aiohttp.ClientResponse:
+        if response.status == 429:
+            wait = seconds_to_reset(response.headers)
+            response.release()
+            deadline = _deadline.get()
+            left = 0.0 if deadline is None else deadline - time.monotonic()
+            if retries > 0 and wait is not None and wait + RETRY_ROOM <= left:
+                await asyncio.sleep(wait)
+                # The retry gets what is left of the budget, not a budget of its own.
+                async with asyncio.timeout(left - wait):
+                    return await self._api_request(
+                        method,
+                        session,
+                        url,
+                        auth_type,
+                        required_scope,
+                        data=data,
+                        retries=retries - 1,
+                    )
+            raise TwitchRateLimited(
+                "Twitch's Helix API is rate limiting us.", retry_after=wait
+            )
+        if (
+            response.headers.get("Ratelimit-Remaining") == "0"
+            and response.status not in _HANDLED_BEFORE_SLEEPING
+        ):
+            # An answer that emptied the bucket: twitchAPI would only sleep until
+            # the reset, uncapped. The next call meets a 429 if it is still empty.
+            return response
+        return await super()._check_request_return(
+            session,
+            response,
+            method,
+            url,
+            auth_type,
+            required_scope,
+            data=data,
+            retries=retries,
+        )
+
+    def _budget(self) -> float:
+        """Seconds one Helix call may take, retries and waits included."""
+        timeout = self.session_timeout
+        if isinstance(timeout, aiohttp.ClientTimeout) and timeout.total:
+            return timeout.total
+        return http.TIMEOUT.total or 8.0
 
 
 class UserClient(SiteClient):
