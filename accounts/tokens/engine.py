@@ -32,6 +32,7 @@ from accounts import signals, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.tokens import spool, store
 from accounts.tokens.asking import ask_twitch
+from accounts.tokens.pacing import Pace
 from accounts.tokens.replay import areplay_spool
 from accounts.tokens.results import (
     Attempt,
@@ -62,8 +63,6 @@ STORE_PATIENCE = 60.0  # seconds
 # Rotated token pairs a run may hold that the database has not stored yet; past
 # this, and while writes fail, it starts no new refresh.
 MAX_UNSTORED = 2 * WRITE_BATCH
-# How long the run pauses after a 429 that names no reset.
-RATE_LIMIT_PAUSE = 1.0  # seconds
 
 
 async def amaintain_tokens(
@@ -165,10 +164,8 @@ class Run:
         self.failing_since: float | None = None
         self.wake_writer = asyncio.Event()
         self.workers_done = False
-        # Rate limited by Twitch: no token is started before this (time.monotonic),
-        # and none at all once Twitch names a reset further than MAX_RETRY_WAIT.
-        self.not_before = 0.0
-        self.limited_for_long = False
+        # Rate limited by Twitch: when tokens may be started again.
+        self.pace = Pace(self.report)
 
     async def handle(self, pks: list[int], *, concurrency: int) -> Report:
         queue: asyncio.Queue[TwitchToken | None] = asyncio.Queue(maxsize=concurrency)
@@ -266,7 +263,7 @@ class Run:
     async def work(self, queue: asyncio.Queue[TwitchToken | None]) -> None:
         while (token := await queue.get()) is not None:
             await self.wait_until_results_can_be_stored()
-            await self.wait_out_rate_limit()
+            await self.pace.wait(while_=self.may_start, step=FLUSH_EVERY)
             if not self.may_start():
                 self.unstarted.append(token)
                 self.leave(1)
@@ -293,7 +290,7 @@ class Run:
             keep=keep,
             refresh_before=self.start_before,
             stopping=self.stop_requested,
-            rate_limited=self.slow_down,
+            rate_limited=self.pace.slow_down,
         )
         if kept and findings.grant is None:
             self.unstored -= 1  # Twitch's answer turned out unusable
@@ -337,25 +334,6 @@ class Run:
         ):
             await asyncio.sleep(FLUSH_EVERY)
 
-    def slow_down(self, error: twitch.TwitchRateLimited) -> None:
-        """Twitch answered 429 (it did nothing): start no token before its reset."""
-        self.report.rate_limited += 1
-        wait = RATE_LIMIT_PAUSE if error.retry_after is None else error.retry_after
-        if wait > twitch.http.MAX_RETRY_WAIT:
-            # Every call would meet the same 429 meanwhile: the next run goes on.
-            self.limited_for_long = True
-            return
-        now = time.monotonic()
-        until = now + wait
-        if until > self.not_before:
-            # Only the part of the pause not already counted.
-            self.report.rate_limit_wait += until - max(now, self.not_before)
-            self.not_before = until
-
-    async def wait_out_rate_limit(self) -> None:
-        while self.may_start() and (left := self.not_before - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, FLUSH_EVERY))
-
     def may_start(self) -> bool:
         """Whether a new token may be started: not once the run has stopped (its
         claim or its database failed), been asked to stop, run out of budget, or
@@ -367,7 +345,7 @@ class Run:
             self.stopped
             or self.stop_requested()
             or out_of_budget
-            or self.limited_for_long
+            or self.pace.limited_for_long
         )
 
     def stop_requested(self) -> bool:
