@@ -264,3 +264,50 @@ async def test_twitch_app_does_not_wait_past_its_budget_for_an_app_token(sandbox
             pass
 
     assert time.monotonic() - started < PROMPTLY
+
+
+async def test_site_code_refreshing_under_a_rate_limit_is_told_within_its_budget(
+    alice, sandbox
+):
+    await sync_to_async(lambda: expiring(make_token(alice, sandbox), minutes=1))()
+    sandbox.rate_limit("token", times=1, reset_in=12)  # past the 8 s a call takes
+
+    started = time.monotonic()
+    with pytest.raises(TwitchRateLimited) as limited:
+        async with twitch_for(alice):
+            pass
+
+    assert time.monotonic() - started < PROMPTLY
+    assert limited.value.retry_after is not None and limited.value.retry_after > 8
+
+
+async def test_twitch_app_waits_in_all_no_longer_than_a_call_takes(sandbox):
+    sandbox.add_user("twitchdev")
+    sandbox.rate_limit("token", times=2, reset_in=5)  # 5 s waited, then 5 s more
+
+    started = time.monotonic()
+    with pytest.raises(TwitchRateLimited):
+        async with twitch_app():
+            pass
+
+    # The first reset fits in the 8 s, the second would not: told after ~5 s.
+    assert time.monotonic() - started < 8
+
+
+def test_after_a_429_no_worker_starts_a_token_before_the_reset(
+    django_user_model, sandbox, quick_retries
+):
+    for n in range(6):
+        expiring(make_token(django_user_model.objects.create_user(f"u{n}"), sandbox))
+    sandbox.set_latency(0.2, endpoint="token")
+    sandbox.rate_limit("token", times=1, reset_in=2)  # the first refresh meets it
+
+    output, code = run_refresh_tokens("--no-validate", "--concurrency", "2")
+
+    assert code == 0 and output.startswith("refreshed 6,")
+    times = sorted(r.at for r in sandbox.requests if r.endpoint == "token")
+    # Two went out together; after the 429 every later token waited for the
+    # reset (1-2 s: Ratelimit-Reset is whole seconds), whichever worker took it.
+    # Without the pause the next would follow the first within ~0.4 s.
+    assert len(times) == 7
+    assert times[2] - times[0] > 0.9

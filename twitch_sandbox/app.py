@@ -153,8 +153,10 @@ def _charge(endpoint: str, request: web.Request, form: dict[str, str]) -> Spent 
 
 
 def _helix_bucket(request: web.Request, ledger: Ledger) -> tuple[str, ...] | None:
-    """An app access token has its own bucket; a user's tokens share the one of
-    their client and user. None for the answers no bucket pays for (401s)."""
+    """An application's app access tokens share its bucket (a new app token does
+    not bring a full one: the stricter reading of Twitch's guide); a user's tokens
+    share the one of their client and user. None for the answers no bucket pays
+    for (401s)."""
     token = oauth.bearer_token(request, schemes=("bearer",))
     info = ledger.token_info(token)
     if token is None or info is None:
@@ -162,7 +164,7 @@ def _helix_bucket(request: web.Request, ledger: Ledger) -> tuple[str, ...] | Non
     if request.headers.get("Client-Id") != info.client_id:
         return None
     if info.user is None:
-        return ("app", token)
+        return ("app", info.client_id)
     return ("user", info.client_id, info.user.id)
 
 

@@ -1,17 +1,17 @@
 """Twitch's rate limits: Helix token buckets, and id.twitch.tv's burst limit.
 
 Helix, as Twitch's API guide documents it ("Rate limits", dev.twitch.tv/docs/api/
-guide): a token bucket of 800 points, refilled continuously at 800 points a
-minute; each request costs one point. The bucket belongs to the app access token
-for app calls and to the client ID and user for user calls (two tokens of one user
-share it). Every answer carries ``Ratelimit-Limit`` (the points added per
-minute, which is also the bucket's size), ``Ratelimit-Remaining`` and
-``Ratelimit-Reset`` (Unix seconds when the bucket is full again); an empty bucket
-answers 429 with the same headers. Tests may shrink the bucket and the minute
-(``Limit``); the headers then speak of that bucket and that period. The docs say
-nothing of answers no bucket pays for (a missing or dead token, a Client-Id that
-does not match): those carry no headers here, the reading that trusts a client
-least.
+guide): a token bucket of 800 points, refilled continuously at 800 points a minute;
+each request costs one point. The bucket belongs to the client ID for app calls (all
+its app access tokens: the stricter reading) and to the client ID and user for user
+calls (two tokens of one user share it). Every answer carries ``Ratelimit-Limit``
+(the points added per minute, which is also the bucket's size),
+``Ratelimit-Remaining`` and ``Ratelimit-Reset`` (Unix seconds when the bucket is
+full again); an empty bucket answers 429 with the same headers. Tests may shrink the
+bucket and the minute (``Limit``); the headers then speak of that bucket and that
+period. The docs say nothing of answers no bucket pays for (a missing or dead token,
+a Client-Id that does not match): those carry no headers here, the reading that
+trusts a client least.
 
 id.twitch.tv documents no limit, yet answers 429 to bursts: a validation for each
 of some 120 users in a short time was enough (twurple/twurple#390), with an empty

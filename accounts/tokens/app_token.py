@@ -103,7 +103,7 @@ async def _fetch_and_store() -> str:
     try:
         # Site code is waiting: a rate limit is waited out only within a call's time.
         grant = await twitch.with_retries(
-            twitch.fetch_app_token, max_wait=SITE_MAX_WAIT
+            twitch.fetch_app_token, deadline=time.monotonic() + SITE_MAX_WAIT
         )
     except BaseException:
         await sync_to_async(_release_fetch)()

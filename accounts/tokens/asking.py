@@ -38,6 +38,7 @@ async def ask_twitch(
     refresh_before: float | None = None,
     stopping: Callable[[], bool] | None = None,
     rate_limited: Callable[[twitch.TwitchRateLimited], None] | None = None,
+    deadline: float | None = None,
 ) -> Findings:
     """Do what `plan` wants of one claimed token. A refresh that validation calls
     for is left to the next run once `refresh_before` (time.monotonic) has passed;
@@ -82,6 +83,7 @@ async def ask_twitch(
                     attempts=attempts,
                     stopping=stopping,
                     rate_limited=rate_limited,
+                    deadline=deadline,
                 )
                 return Findings(
                     Verdict.VALIDATED, validation=Attempt.SUCCEEDED, info=info
@@ -121,6 +123,7 @@ async def ask_twitch(
                 attempts=attempts,
                 stopping=stopping,
                 rate_limited=rate_limited,
+                deadline=deadline,
             )
         except twitch.InvalidCredential as rejected:
             verdict = (
@@ -167,6 +170,7 @@ async def ask_twitch(
                     attempts=attempts,
                     stopping=stopping,
                     rate_limited=rate_limited,
+                    deadline=deadline,
                 )
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:
@@ -186,6 +190,7 @@ async def ask_twitch(
                     attempts=attempts,
                     stopping=stopping,
                     rate_limited=rate_limited,
+                    deadline=deadline,
                 )
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:

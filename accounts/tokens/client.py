@@ -144,6 +144,8 @@ async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
                 plan=Plan(refresh_within=None, validate=False),
                 source=TokenEvent.Source.SITE,
                 store_patience=SITE_STORE_PATIENCE,
+                # A rate limit is waited out only within a call's time.
+                deadline=time.monotonic() + twitch.http.TIMEOUT.total,
             )
         except DatabaseError:
             raise TokenStoreUnavailable(
@@ -159,6 +161,11 @@ async def _refresh_through_lease(token: TwitchToken) -> TwitchToken:
             ):
                 return current
             if report.counts[Outcome.FAILED]:
+                if report.rate_limited:
+                    raise twitch.TwitchRateLimited(
+                        "Twitch is rate limiting this site's token refreshes.",
+                        retry_after=report.retry_after,
+                    )
                 raise twitch.TwitchUnavailable(
                     current.last_error or "Twitch could not refresh the token."
                 )

@@ -77,6 +77,7 @@ async def amaintain_tokens(
     store_patience: float | None = None,
     progress: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    deadline: float | None = None,
 ) -> Report:
     """Refresh and/or validate these tokens, `concurrency` at a time, at most once each.
 
@@ -90,6 +91,8 @@ async def amaintain_tokens(
     writes is retried (STORE_PATIENCE seconds by default) before the run gives up
     (its pairs stay in the spool) and raises `DatabaseError`. `stop`: once set (a
     signal handler may set it), no new token is started; the report says so.
+    `deadline` (time.monotonic): site code is waiting, so a rate limit is waited
+    out only when its reset comes before it.
 
     When Twitch answers 429, the run slows down: no new token is started before
     the reset Twitch names (at most `twitch.http.MAX_RETRY_WAIT` away; a later
@@ -110,6 +113,7 @@ async def amaintain_tokens(
         store_patience=STORE_PATIENCE if store_patience is None else store_patience,
         progress=progress,
         stop=stop,
+        deadline=deadline,
     )
     return await run.handle(pks, concurrency=min(concurrency, max(len(pks), 1)))
 
@@ -140,9 +144,10 @@ class Run:
         store_patience: float,
         progress: Callable[[int], None] | None,
         stop: threading.Event | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.plan, self.source, self.actor = plan, source, actor
-        self.stop = stop
+        self.stop, self.deadline = stop, deadline
         self.attempts, self.progress = attempts, progress
         self.started = time.monotonic()
         self.start_before = None if budget is None else self.started + budget
@@ -262,8 +267,13 @@ class Run:
 
     async def work(self, queue: asyncio.Queue[TwitchToken | None]) -> None:
         while (token := await queue.get()) is not None:
-            await self.wait_until_results_can_be_stored()
-            await self.pace.wait(while_=self.may_start, step=FLUSH_EVERY)
+            try:
+                await self.wait_until_results_can_be_stored()
+                await self.pace.wait(while_=self.may_start, step=FLUSH_EVERY)
+            except asyncio.CancelledError:
+                self.unstarted.append(token)  # its lease is given back
+                self.leave(1)
+                raise
             if not self.may_start():
                 self.unstarted.append(token)
                 self.leave(1)
@@ -291,6 +301,7 @@ class Run:
             refresh_before=self.start_before,
             stopping=self.stop_requested,
             rate_limited=self.pace.slow_down,
+            deadline=self.deadline,
         )
         if kept and findings.grant is None:
             self.unstored -= 1  # Twitch's answer turned out unusable

@@ -26,6 +26,7 @@ class Pace:
     def slow_down(self, error: twitch.TwitchRateLimited) -> None:
         """Twitch answered 429 (it did nothing): start no token before its reset."""
         self.report.rate_limited += 1
+        self.report.retry_after = error.retry_after
         wait = RATE_LIMIT_PAUSE if error.retry_after is None else error.retry_after
         if wait > twitch.http.MAX_RETRY_WAIT:
             # Every call would meet the same 429 meanwhile.

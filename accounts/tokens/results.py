@@ -120,6 +120,8 @@ class Report:
     # 429s Twitch answered, and the seconds the run paused for them.
     rate_limited: int = 0
     rate_limit_wait: float = 0.0
+    # The seconds to wait Twitch named last, if it named any.
+    retry_after: float | None = None
 
     @property
     def handled_all(self) -> bool:

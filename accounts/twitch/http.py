@@ -239,14 +239,15 @@ async def with_retries(
     attempts: int = 3,
     stopping: Callable[[], bool] | None = None,
     rate_limited: Callable[[TwitchRateLimited], None] | None = None,
-    max_wait: float | None = None,
+    deadline: float | None = None,
 ) -> T:
     """Retry transient failures with backoff, honouring Twitch's rate-limit reset.
     Once `stopping()` says so (the process is asked to stop), no attempt follows:
     the call in flight is the last, bounded by the timeout. Each 429 met is told to
-    `rate_limited` (a run slows down for it); a reset further than `max_wait`
-    (MAX_RETRY_WAIT: a cron run's patience; site code passes less) away raises the
-    `TwitchRateLimited` at once."""
+    `rate_limited` (a run slows down for it); a reset further than MAX_RETRY_WAIT
+    away (a cron run's patience), or one that would pass `deadline` (time.monotonic:
+    site code's budget for the whole call), raises the `TwitchRateLimited` at once.
+    A wait is cut short, and nothing more attempted, once `stopping()` says so."""
     unanswered = False
     for attempt in range(1, attempts + 1):
         try:
@@ -264,10 +265,21 @@ async def with_retries(
                 raise
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
             if error.retry_after is not None:
-                if error.retry_after > (
-                    MAX_RETRY_WAIT if max_wait is None else max_wait
-                ):
+                if error.retry_after > MAX_RETRY_WAIT:
                     raise
                 delay = max(delay, error.retry_after)
-            await asyncio.sleep(delay)
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise
+            if not await _nap(delay, stopping):
+                raise
     raise AssertionError("unreachable")
+
+
+async def _nap(seconds: float, stopping: Callable[[], bool] | None) -> bool:
+    """Sleep `seconds`; False as soon as `stopping()` says so."""
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if stopping is not None and stopping():
+            return False
+        await asyncio.sleep(left if stopping is None else min(left, 0.2))
+    return stopping is None or not stopping()
