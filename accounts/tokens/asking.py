@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -20,6 +21,8 @@ from accounts.tokens.results import Attempt, Findings, Verdict
 from accounts.tokens.schedule import LEASE_NEEDED, Plan
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 UNDECRYPTABLE = "The stored token cannot be decrypted: check TOKEN_ENCRYPTION_KEYS."
 CANNOT_RENEW = (
@@ -69,6 +72,16 @@ async def ask_twitch(
         wants_validation = wants_validation or wants_refresh
         wants_refresh = False
 
+    async def retried(call: Callable[[], Awaitable[T]]) -> T:
+        """`call` with the run's retries: its attempts, its stop and its pace."""
+        return await twitch.with_retries(
+            call,
+            attempts=attempts,
+            stopping=stopping,
+            rate_limited=rate_limited,
+            deadline=deadline,
+        )
+
     refresh: Attempt | None = None
     validation: Attempt | None = None
     grant: twitch.TokenGrant | None = None
@@ -78,13 +91,7 @@ async def ask_twitch(
         # 1. Validation alone: the token as stored.
         if wants_validation and not wants_refresh:
             try:
-                info = await twitch.with_retries(
-                    lambda: twitch.validate(token.access_token),
-                    attempts=attempts,
-                    stopping=stopping,
-                    rate_limited=rate_limited,
-                    deadline=deadline,
-                )
+                info = await retried(lambda: twitch.validate(token.access_token))
                 return Findings(
                     Verdict.VALIDATED, validation=Attempt.SUCCEEDED, info=info
                 )
@@ -118,13 +125,7 @@ async def ask_twitch(
 
         # 2. The refresh.
         try:
-            grant = await twitch.with_retries(
-                lambda: twitch.refresh(token.refresh_token),
-                attempts=attempts,
-                stopping=stopping,
-                rate_limited=rate_limited,
-                deadline=deadline,
-            )
+            grant = await retried(lambda: twitch.refresh(token.refresh_token))
         except twitch.InvalidCredential as rejected:
             verdict = (
                 Verdict.MAYBE_DEAD_GRANT
@@ -165,13 +166,7 @@ async def ask_twitch(
             # issued the token. A pair Twitch itself calls invalid is not stored:
             # storing it would replace a refresh token that may well still work.
             try:
-                info = await twitch.with_retries(
-                    lambda: twitch.validate(grant.access_token),
-                    attempts=attempts,
-                    stopping=stopping,
-                    rate_limited=rate_limited,
-                    deadline=deadline,
-                )
+                info = await retried(lambda: twitch.validate(grant.access_token))
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:
                 return Findings(
@@ -185,13 +180,7 @@ async def ask_twitch(
                 pass  # kept, with an unknown expiry: the next run looks again
         if wants_validation and validation is None:
             try:
-                info = await twitch.with_retries(
-                    lambda: twitch.validate(grant.access_token),
-                    attempts=attempts,
-                    stopping=stopping,
-                    rate_limited=rate_limited,
-                    deadline=deadline,
-                )
+                info = await retried(lambda: twitch.validate(grant.access_token))
                 validation = Attempt.SUCCEEDED
             except twitch.InvalidCredential:
                 return Findings(
