@@ -69,10 +69,7 @@ async def test_a_cancelled_run_sees_a_refresh_at_twitch_through_and_stores_it(
     with pytest.raises(asyncio.CancelledError):
         await run
 
-    stored = await TwitchToken.objects.aget(pk=token.pk)
-    assert stored.refresh_token != token.refresh_token
-    assert sandbox.is_refresh_token_valid(stored.refresh_token)
-    assert stored.claimed_until is None
+    await assert_the_new_pair_is_stored(token, sandbox)
 
 
 @pytest.mark.usefixtures("short_timeout")
@@ -94,10 +91,7 @@ async def test_a_run_cancelled_while_validating_a_new_pair_stores_it_before_it_e
     with contextlib.suppress(asyncio.CancelledError):
         await run
 
-    stored = await TwitchToken.objects.aget(pk=token.pk)
-    assert stored.refresh_token != token.refresh_token
-    assert sandbox.is_refresh_token_valid(stored.refresh_token)
-    assert stored.claimed_until is None
+    await assert_the_new_pair_is_stored(token, sandbox)
 
 
 @pytest.mark.usefixtures("short_timeout")
@@ -120,6 +114,14 @@ async def test_site_code_cancelled_during_a_refresh_keeps_the_new_pair(alice, sa
     stored = await TwitchToken.objects.aget(pk=token.pk)
     assert stored.refresh_token != token.refresh_token
     assert sandbox.is_refresh_token_valid(stored.refresh_token)
+
+
+async def assert_the_new_pair_is_stored(token: TwitchToken, sandbox) -> None:
+    """The row holds the pair Twitch rotated to, live, and its lease is over."""
+    stored = await TwitchToken.objects.aget(pk=token.pk)
+    assert stored.refresh_token != token.refresh_token
+    assert sandbox.is_refresh_token_valid(stored.refresh_token)
+    assert stored.claimed_until is None
 
 
 def _stored(token: TwitchToken) -> TwitchToken:

@@ -52,6 +52,15 @@ def abandon_a_rotated_pair(token: TwitchToken, sandbox) -> dict[str, str]:
     return fresh
 
 
+def abandon_under_a_dropped_key(token: TwitchToken, sandbox, settings) -> dict:
+    """A dead run's spooled pair, written under a key the site no longer has."""
+    keys = list(settings.TOKEN_ENCRYPTION_KEYS)
+    settings.TOKEN_ENCRYPTION_KEYS = [GONE_KEY, *keys]
+    fresh = abandon_a_rotated_pair(token, sandbox)
+    settings.TOKEN_ENCRYPTION_KEYS = keys
+    return fresh
+
+
 def spool_files(suffix: str) -> list:
     return list(settings.TOKEN_SPOOL_DIR.glob(f"*{suffix}"))
 
@@ -60,11 +69,9 @@ def test_pairs_no_key_reads_are_kept_reported_and_stored_once_a_key_reads_them(
     alice, sandbox, settings, client
 ):
     token = make_token(alice, sandbox)
-    keys = list(settings.TOKEN_ENCRYPTION_KEYS)
     # The run that died wrote its spool under a key dropped since.
-    settings.TOKEN_ENCRYPTION_KEYS = [GONE_KEY, *keys]
-    fresh = abandon_a_rotated_pair(token, sandbox)
-    settings.TOKEN_ENCRYPTION_KEYS = keys
+    fresh = abandon_under_a_dropped_key(token, sandbox, settings)
+    keys = list(settings.TOKEN_ENCRYPTION_KEYS)
 
     with pytest.raises(CommandError) as failed:
         _, errors = refresh_tokens("--no-validate")
@@ -95,11 +102,7 @@ def test_pairs_no_key_reads_are_kept_reported_and_stored_once_a_key_reads_them(
 def test_the_command_tells_the_operator_where_the_unreadable_pairs_are(
     alice, sandbox, settings
 ):
-    token = make_token(alice, sandbox)
-    keys = list(settings.TOKEN_ENCRYPTION_KEYS)
-    settings.TOKEN_ENCRYPTION_KEYS = [GONE_KEY, *keys]
-    abandon_a_rotated_pair(token, sandbox)
-    settings.TOKEN_ENCRYPTION_KEYS = keys
+    abandon_under_a_dropped_key(make_token(alice, sandbox), sandbox, settings)
     errors = io.StringIO()
 
     with pytest.raises(CommandError):
@@ -112,11 +115,7 @@ def test_the_command_tells_the_operator_where_the_unreadable_pairs_are(
 def test_set_aside_pairs_are_not_rewritten_while_still_unreadable(
     alice, sandbox, settings
 ):
-    token = make_token(alice, sandbox)
-    keys = list(settings.TOKEN_ENCRYPTION_KEYS)
-    settings.TOKEN_ENCRYPTION_KEYS = [GONE_KEY, *keys]
-    abandon_a_rotated_pair(token, sandbox)
-    settings.TOKEN_ENCRYPTION_KEYS = keys
+    abandon_under_a_dropped_key(make_token(alice, sandbox), sandbox, settings)
     with spool.abandoned():
         pass
     [aside] = spool_files(spool.UNREADABLE_SUFFIX)
