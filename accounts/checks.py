@@ -15,7 +15,7 @@ from django.core import checks
 from django.urls import Resolver404, resolve
 from django.utils.module_loading import import_string
 
-from accounts import crypto
+from accounts import crypto, roles
 from accounts.tokens import spool
 from accounts.twitch import scopes as twitch_scopes
 
@@ -76,8 +76,7 @@ SCOPE_RE = re.compile(r"[a-z0-9_.\-]+(:[a-z0-9_.\-]+)*")
 @checks.register()
 def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
     messages: list[checks.CheckMessage] = []
-    for name in ("TWITCH_SCOPES", "TWITCH_OPTIONAL_SCOPES"):
-        scopes = getattr(settings, name)
+    for name, scopes in _scope_settings():
         if malformed := [s for s in scopes if not SCOPE_RE.fullmatch(s)]:
             messages.append(
                 checks.Error(
@@ -97,6 +96,75 @@ def check_scopes(**kwargs: Any) -> list[checks.CheckMessage]:
                 id="accounts.W004",
             )
         )
+    return messages
+
+
+def _scope_settings() -> list[tuple[str, list[str]]]:
+    """Every list of scopes the site may ask for, named as an operator sets it."""
+    named = [
+        (name, list(getattr(settings, name)))
+        for name in (
+            "TWITCH_SCOPES",
+            "TWITCH_OPTIONAL_SCOPES",
+            "TWITCH_BOT_SCOPES",
+            "TWITCH_BOT_OPTIONAL_SCOPES",
+        )
+    ]
+    extra = settings.TWITCH_EXTRA_ROLES
+    for role, declared in extra.items() if isinstance(extra, dict) else []:
+        for key in ("scopes", "optional_scopes"):
+            scopes = declared.get(key, []) if isinstance(declared, dict) else []
+            if isinstance(scopes, list | tuple) and all(
+                isinstance(s, str) for s in scopes
+            ):
+                named.append((f"TWITCH_EXTRA_ROLES[{role!r}][{key!r}]", list(scopes)))
+    return named
+
+
+@checks.register()
+def check_extra_roles(**kwargs: Any) -> list[checks.CheckMessage]:
+    """TWITCH_EXTRA_ROLES: {name: {"label": str, "scopes": [...],
+    "optional_scopes": [...]}} (accounts/roles.py)."""
+    extra = settings.TWITCH_EXTRA_ROLES
+    hint = (
+        'For example {"editor": {"label": "Editor account", "scopes": '
+        '["channel:manage:broadcast"], "optional_scopes": []}}; see accounts/roles.py.'
+    )
+    if not isinstance(extra, dict):
+        return [
+            checks.Error(
+                "TWITCH_EXTRA_ROLES must be a dict of role name to its declaration.",
+                hint=hint,
+                id="accounts.E013",
+            )
+        ]
+    messages: list[checks.CheckMessage] = []
+    for name, declared in extra.items():
+        problem = None
+        if not isinstance(name, str) or not roles.ROLE_NAME_RE.fullmatch(name):
+            problem = "is not a role name (lowercase letters, digits, _; 32 at most)"
+        elif name in (roles.DEFAULT_ROLE, roles.BOT_ROLE):
+            problem = "is built in (TWITCH_SCOPES, TWITCH_BOT_SCOPES)"
+        elif not isinstance(declared, dict) or set(declared) - {
+            "label",
+            "scopes",
+            "optional_scopes",
+        }:
+            problem = "must map to a dict of label, scopes and optional_scopes"
+        elif not all(
+            isinstance(declared.get(key, []), list | tuple)
+            and all(isinstance(s, str) for s in declared.get(key, []))
+            for key in ("scopes", "optional_scopes")
+        ):
+            problem = "has scopes that are not a list of strings"
+        if problem:
+            messages.append(
+                checks.Error(
+                    f"TWITCH_EXTRA_ROLES: {name!r} {problem}.",
+                    hint=hint,
+                    id="accounts.E013",
+                )
+            )
     return messages
 
 

@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from accounts import roles
 from accounts.fields import EncryptedTextField, UndecryptableSecret
 
 
@@ -18,12 +19,15 @@ class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
         return self.filter(status=TwitchToken.Status.ACTIVE)
 
     def missing_required_scopes(self) -> TwitchTokenQuerySet:
-        """Connections that lack a scope in TWITCH_SCOPES (added since they were
+        """Connections that lack a scope their role requires (added since they were
         made). Scopes are matched quoted in the JSON text, as the admin's scope
         filter does, so that "user:edit" never matches "user:edit:follows"."""
         lacking = models.Q(pk__in=[])
-        for scope in settings.TWITCH_SCOPES:
-            lacking |= ~models.Q(scopes__icontains=json.dumps(scope))
+        for role in roles.enabled_roles():
+            for scope in role.scopes:
+                lacking |= models.Q(role=role.name) & ~models.Q(
+                    scopes__icontains=json.dumps(scope)
+                )
         return self.filter(lacking)
 
     def claimable(self, *, lapsed_before: datetime) -> TwitchTokenQuerySet:
@@ -56,15 +60,21 @@ class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
 
 
 class TwitchToken(models.Model):
-    """One site user's connection to one Twitch account, and its credentials."""
+    """One site user's connection to one Twitch account in one role (their own
+    account, their bot's: accounts/roles.py), and its credentials."""
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         NEEDS_RECONNECT = "needs_reconnect", "Needs reconnect"
         REVOKED = "revoked", "Revoked"
 
-    user = models.OneToOneField(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="twitch_token"
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="twitch_tokens"
+    )
+    role = models.CharField(
+        max_length=32,
+        default=roles.DEFAULT_ROLE,
+        help_text="What the connection is for: their own account, their bot's.",
     )
     twitch_user_id = models.CharField("Twitch user id", max_length=32, db_index=True)
     login = models.CharField("Twitch login", max_length=64)
@@ -91,21 +101,31 @@ class TwitchToken(models.Model):
         ordering = ["login"]
         permissions = [("revoke_twitchtoken", "Can revoke Twitch tokens at Twitch")]
         constraints = [
-            # One Twitch account, one site user. A revoked row stays for the record
-            # and must not stop another user from connecting that account.
+            # Reconnecting a role updates its row in place.
             models.UniqueConstraint(
-                fields=["twitch_user_id"],
+                fields=["user", "role"], name="one_connection_per_user_and_role"
+            ),
+            # In each role, one Twitch account belongs to one site user. A revoked
+            # row stays for the record and must not stop another user from
+            # connecting that account.
+            models.UniqueConstraint(
+                fields=["twitch_user_id", "role"],
                 condition=~models.Q(status="revoked"),
-                name="one_live_connection_per_twitch_account",
-            )
+                name="one_live_connection_per_twitch_account_and_role",
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.login} ({self.twitch_user_id})"
+        if self.role == roles.DEFAULT_ROLE:
+            return f"{self.login} ({self.twitch_user_id})"
+        return f"{self.login} ({self.twitch_user_id}, {self.role_label.lower()})"
 
     def __repr__(self) -> str:
         # The default repr is __str__; spelt out so a secret can never creep in.
-        return f"<TwitchToken pk={self.pk} login={self.login!r} status={self.status}>"
+        return (
+            f"<TwitchToken pk={self.pk} role={self.role} login={self.login!r} "
+            f"status={self.status}>"
+        )
 
     @property
     def is_undecryptable(self) -> bool:
@@ -114,9 +134,15 @@ class TwitchToken(models.Model):
         )
 
     @property
+    def role_label(self) -> str:
+        return roles.role_label(self.role)
+
+    @property
     def missing_scopes(self) -> list[str]:
-        """Required scopes (TWITCH_SCOPES) this connection was not granted."""
-        return [s for s in settings.TWITCH_SCOPES if s not in (self.scopes or [])]
+        """Scopes its role requires that this connection was not granted."""
+        role = roles.role_named(self.role)
+        required = role.scopes if role is not None else ()
+        return [s for s in required if s not in (self.scopes or [])]
 
     @property
     def is_usable(self) -> bool:

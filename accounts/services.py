@@ -2,6 +2,11 @@
 
     from accounts.services import NoUsableToken, TwitchUnavailable, twitch_for
 
+    async with twitch_for(user) as twitch:  # the person's own account
+        ...
+    async with twitch_for(user, role="bot") as bot:  # the account their bot speaks as
+        ...
+
 Everything here lives in the package of its concern (`accounts.tokens`,
 `accounts.oauth`, `accounts.twitch`); this module only gathers what other code
 may rely on.
@@ -13,6 +18,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 
 from accounts.models import TwitchToken
 from accounts.oauth.connect import AlreadyLinked, ScopesNotOffered, connect
+from accounts.roles import BOT_ROLE, DEFAULT_ROLE
 from accounts.tokens.app_token import twitch_app
 from accounts.tokens.client import (
     MissingScopes,
@@ -36,6 +42,8 @@ from accounts.twitch import (
 )
 
 __all__ = [
+    "BOT_ROLE",
+    "DEFAULT_ROLE",
     "KNOWN_SCOPES",
     "AlreadyLinked",
     "InvalidCredential",
@@ -51,6 +59,7 @@ __all__ = [
     "arevoke_tokens",
     "connect",
     "connection_for",
+    "connections_for",
     "revoke_token",
     "revoke_tokens",
     "twitch_app",
@@ -58,6 +67,13 @@ __all__ = [
 ]
 
 
-async def connection_for(*, user: AbstractBaseUser) -> TwitchToken | None:
-    """The user's Twitch connection, whatever its status, or None."""
-    return await TwitchToken.objects.filter(user=user).afirst()
+async def connection_for(
+    *, user: AbstractBaseUser, role: str = DEFAULT_ROLE
+) -> TwitchToken | None:
+    """The user's Twitch connection in `role`, whatever its status, or None."""
+    return await TwitchToken.objects.filter(user=user, role=role).afirst()
+
+
+async def connections_for(*, user: AbstractBaseUser) -> dict[str, TwitchToken]:
+    """The user's Twitch connections by role, whatever their status."""
+    return {token.role: token async for token in TwitchToken.objects.filter(user=user)}

@@ -542,9 +542,9 @@ def test_the_user_page_shows_their_twitch_connection_read_only(
     assert "Twitch connection" in text
     assert "alice_tv" in text
     assert token.twitch_user_id in text
-    assert 'name="twitch_token-0-login"' not in text
+    assert 'name="twitch_tokens-0-login"' not in text
     unconnected = page(admin_client.get(f"/admin/auth/user/{bob.pk}/change/"))
-    assert 'name="twitch_token-TOTAL_FORMS" value="0"' in unconnected
+    assert 'name="twitch_tokens-TOTAL_FORMS" value="0"' in unconnected
 
 
 def test_a_user_whose_token_is_live_cannot_be_deleted_until_it_is_revoked(

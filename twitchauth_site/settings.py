@@ -214,6 +214,13 @@ TWITCH_REDIRECT_URI = env.str("TWITCH_REDIRECT_URI", default="")
 TWITCH_SCOPES = env.str("TWITCH_SCOPES", default="chat:read chat:edit").split()
 # What a feature page may ask for on top (POST /twitch/connect/ with scopes=...).
 TWITCH_OPTIONAL_SCOPES = env.str("TWITCH_OPTIONAL_SCOPES", default="").split()
+# A second connection per person, the account their chat bot speaks as (role
+# "bot"): on when its scopes are set, e.g. "user:bot user:read:chat user:write:chat".
+TWITCH_BOT_SCOPES = env.str("TWITCH_BOT_SCOPES", default="").split()
+TWITCH_BOT_OPTIONAL_SCOPES = env.str("TWITCH_BOT_OPTIONAL_SCOPES", default="").split()
+# Further roles, declared here (accounts/roles.py shows the shape), e.g.
+# {"editor": {"label": "Editor account", "scopes": ["channel:manage:broadcast"]}}.
+TWITCH_EXTRA_ROLES: dict[str, dict[str, object]] = {}
 TWITCH_AUTH_BASE_URL = env.str(
     "TWITCH_AUTH_BASE_URL", default="https://id.twitch.tv/oauth2/"
 )

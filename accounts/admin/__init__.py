@@ -33,6 +33,7 @@ from accounts.admin.filters import (
     ExpiryFilter,
     MissingScopesFilter,
     ReadOnlyInline,
+    RoleFilter,
     SafeLookups,
     ScopeFilter,
     scope_list,
@@ -110,6 +111,7 @@ class TokenEventInline(ReadOnlyInline, admin.TabularInline):
 class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
     list_display = [
         "user",
+        "role_name",
         "twitch_account",
         "status_badge",
         scope_list,
@@ -118,7 +120,7 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
         "last_validated_at",
         "last_error",
     ]
-    list_filter = ["status", MissingScopesFilter, ScopeFilter, ExpiryFilter]
+    list_filter = ["status", RoleFilter, MissingScopesFilter, ScopeFilter, ExpiryFilter]
     list_select_related = ["user"]
     list_per_page = 50
     ordering = ["login", "pk"]
@@ -129,7 +131,16 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
     fieldsets = [
         (
             None,
-            {"fields": ["user", "login", "twitch_user_id", "status_badge", scope_list]},
+            {
+                "fields": [
+                    "user",
+                    "role_name",
+                    "login",
+                    "twitch_user_id",
+                    "status_badge",
+                    scope_list,
+                ]
+            },
         ),
         (
             "Access token",
@@ -179,9 +190,13 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
         codename = get_permission_codename("revoke", self.opts)
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
+    @admin.display(description="Role", ordering="role")
+    def role_name(self, token: TwitchToken) -> str:
+        return token.role_label
+
     @admin.display(description="Twitch login", ordering="login")
     def twitch_account(self, token: TwitchToken) -> str:
-        return str(token)
+        return f"{token.login} ({token.twitch_user_id})"
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, token: TwitchToken) -> str:
@@ -189,7 +204,7 @@ class TwitchTokenAdmin(SafeLookups, admin.ModelAdmin):
             BADGE, STATUS_COLOURS.get(token.status, "#000"), token.get_status_display()
         )
         if token.status == TwitchToken.Status.ACTIVE and token.missing_scopes:
-            # Healthy, but granted before TWITCH_SCOPES grew.
+            # Healthy, but granted before its role's scopes grew.
             badge += format_html(
                 " " + BADGE, MISSING_SCOPES_COLOUR, "Missing required scopes"
             )

@@ -7,7 +7,6 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import JSONField, Model, QuerySet
@@ -15,6 +14,7 @@ from django.db.models.constants import LOOKUP_SEP
 from django.http import HttpRequest
 from django.utils import timezone
 
+from accounts import roles
 from accounts.models import TwitchToken
 from accounts.twitch import scopes as twitch_scopes
 
@@ -112,10 +112,8 @@ class ScopeFilter(admin.SimpleListFilter):
     ) -> list[tuple[str, str]]:
         granted = TwitchToken.objects.order_by().values_list("scopes", flat=True)
         present = {scope for scopes in granted.distinct() for scope in scopes or []}
-        return [
-            (scope, _scope_label(scope))
-            for scope in sorted(present | set(settings.TWITCH_SCOPES))
-        ]
+        required = {scope for role in roles.enabled_roles() for scope in role.scopes}
+        return [(scope, _scope_label(scope)) for scope in sorted(present | required)]
 
     def queryset(
         self, request: HttpRequest, queryset: QuerySet[TwitchToken]
@@ -136,6 +134,33 @@ def _scope_label(scope: str) -> str:
     if status != twitch_scopes.Status.CURRENT:
         return f"{scope} ({status} since {twitch_scopes.SCOPES[scope].since})"
     return scope
+
+
+class RoleFilter(admin.SimpleListFilter):
+    """The roles this site has, and any other a row still has, by their labels."""
+
+    title = "role"
+    parameter_name = "role"
+    field_path = "role"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin
+    ) -> list[tuple[str, str]]:
+        held = TwitchToken.objects.order_by().values_list("role", flat=True)
+        named = [role.name for role in roles.enabled_roles()]
+        others = sorted(set(held.distinct()) - set(named))
+        return [(name, roles.role_label(name)) for name in [*named, *others]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if not self.value():
+            return queryset
+        return queryset.filter(**{self.field_path: self.value()})
+
+
+class TokenRoleFilter(RoleFilter):
+    """The role filter on the audit trail: the role of each event's connection."""
+
+    field_path = "token__role"
 
 
 class ExpiryFilter(admin.SimpleListFilter):

@@ -1,5 +1,5 @@
 """The audit trail, EventSub revocations, and each user's page with their Twitch
-connection: read-only records for staff. Other apps' admins (groups, django-axes'
+connections: read-only records for staff. Other apps' admins (groups, django-axes'
 sign-in records) get the same guard on URL lookups."""
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts.admin.filters import SECRETS, ReadOnlyInline, SafeLookups, scope_list
+from accounts.admin.filters import (
+    SECRETS,
+    ReadOnlyInline,
+    SafeLookups,
+    TokenRoleFilter,
+    scope_list,
+)
 from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
+from accounts.roles import role_label
 
 
 @admin.register(TokenEvent)
@@ -21,17 +28,22 @@ class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
     list_display = [
         "created_at",
         "token",
+        "role",
         "action",
         "outcome",
         "source",
         "actor",
         "detail",
     ]
-    list_filter = ["action", "outcome", "source"]
+    list_filter = ["action", "outcome", "source", TokenRoleFilter]
     search_fields = ["token__login", "=token__twitch_user_id", "token__user__username"]
     search_help_text = "Twitch login, Twitch user id or username."
     fields = ["created_at", "token", "action", "outcome", "source", "actor", "detail"]
     readonly_fields = fields
+
+    @admin.display(description="Role", ordering="token__role")
+    def role(self, event: TokenEvent) -> str:
+        return role_label(event.token.role)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
         return (
@@ -77,6 +89,7 @@ class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
     model = TwitchToken
     verbose_name = "Twitch connection"
     fields = [
+        "role",
         "login",
         "twitch_user_id",
         "status",
@@ -97,7 +110,7 @@ User = get_user_model()
 admin.site.unregister(User)
 
 
-# The configured user model's admin, with the connection shown on each user's page.
+# The configured user model's admin, with the connections shown on each user's page.
 @admin.register(User)
 class UserAdmin(SafeLookups, BaseUserAdmin):
     inlines = [*BaseUserAdmin.inlines, TwitchConnectionInline]

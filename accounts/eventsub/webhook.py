@@ -149,7 +149,7 @@ async def handle(message: Message) -> None:
         # A failing receiver must not make Twitch redeliver (the redelivery would
         # be "seen before" and the receiver would never hear of it again).
         for receiver, outcome in await signals.token_revoked.asend_robust(
-            sender=TwitchToken, token=token
+            sender=TwitchToken, token=token, role=token.role
         ):
             if isinstance(outcome, Exception):
                 logger.error("token_revoked receiver %r failed: %r", receiver, outcome)

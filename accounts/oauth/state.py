@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from django.utils.crypto import constant_time_compare
 from accounts import twitch
 from accounts.db import writer_turn
 from accounts.models import SpentOAuthState
+from accounts.roles import DEFAULT_ROLE
 
 STATE_SESSION_KEY = "twitch_oauth_states"
 STATE_LIFETIME = 600  # seconds
@@ -32,25 +34,35 @@ class InvalidState(Exception):
     """The callback's state is missing, unknown, expired or already used."""
 
 
+@dataclass(frozen=True)
+class PendingFlow:
+    """What a state was minted for, as stored with it in the session: the callback
+    finishes exactly that (a callback cannot land in another role)."""
+
+    next_url: str
+    role: str
+
+
 async def begin_connect(
     *,
     session: SessionBase,
     next_url: str,
+    role: str,
     scopes: list[str],
     force_verify: bool = False,
 ) -> str:
-    """Mint a state bound to this browser session and return Twitch's authorize URL
-    asking for `scopes`."""
+    """Mint a state bound to this browser session and to `role`, and return
+    Twitch's authorize URL asking for `scopes`."""
     state = secrets.token_urlsafe(32)  # 256 bits
     pending = dict(await session.aget(STATE_SESSION_KEY, {}))
-    pending[state] = {"created": time.time(), "next": next_url}
+    pending[state] = {"created": time.time(), "next": next_url, "role": role}
     newest = sorted(pending.items(), key=lambda item: item[1]["created"])
     await session.aset(STATE_SESSION_KEY, dict(newest[-MAX_PENDING_STATES:]))
     return twitch.authorize_url(state=state, scopes=scopes, force_verify=force_verify)
 
 
-async def take_state(*, session: SessionBase, state: str) -> str:
-    """Consume a pending state and return the `next` URL that was stored with it.
+async def take_state(*, session: SessionBase, state: str) -> PendingFlow:
+    """Consume a pending state and return the flow that was stored with it.
 
     The state is removed and the session saved *before* anything else happens, and
     its use is recorded in `SpentOAuthState`, so a replayed callback is refused
@@ -83,7 +95,11 @@ async def take_state(*, session: SessionBase, state: str) -> str:
         raise InvalidState("expired")
     if not spent:
         raise InvalidState("replayed")
-    return str(pending[match]["next"])
+    flow = pending[match]
+    # A flow begun before roles existed connects the default role.
+    return PendingFlow(
+        next_url=str(flow["next"]), role=str(flow.get("role", DEFAULT_ROLE))
+    )
 
 
 async def first_mismatch_of_a_pending_flow(*, session: SessionBase) -> bool:

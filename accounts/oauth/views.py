@@ -17,6 +17,7 @@ from accounts import services
 from accounts.models import TokenEvent, TwitchToken
 from accounts.oauth import connect as connecting
 from accounts.oauth import state as oauth_state
+from accounts.roles import DEFAULT_ROLE, ROLE_NAME_RE, Role, role_label, role_named
 from accounts.web.pages import failure_page, login_required
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,12 @@ OAUTH_ERROR_CODES = frozenset(
 @login_required
 @never_cache
 async def connect(request: HttpRequest) -> HttpResponse:
+    role = _posted_role(request)
+    if role is None:
+        return await _unknown_role_page(request)
     try:
         scopes = await connecting.scopes_to_request(
-            user=request.user, asked=request.POST.get("scopes", "")
+            user=request.user, role=role, asked=request.POST.get("scopes", "")
         )
     except connecting.ScopesNotOffered:
         # The refused names are not repeated: they are whatever the form sent.
@@ -53,10 +57,12 @@ async def connect(request: HttpRequest) -> HttpResponse:
     authorize_url = await oauth_state.begin_connect(
         session=request.session,
         next_url=_safe_next(request, request.POST.get("next")),
+        role=role.name,
         scopes=scopes,
         # Reconnecting asks Twitch to show the consent page again, so the user can
-        # pick another account or grant new scopes.
-        force_verify=request.POST.get("reconnect") == "1",
+        # pick another account or grant new scopes; so does every role but the
+        # default: the browser is most likely signed in to the person's own account.
+        force_verify=request.POST.get("reconnect") == "1" or not role.is_default,
     )
     return HttpResponseRedirect(authorize_url)
 
@@ -90,7 +96,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     try:
-        next_url = await oauth_state.take_state(session=request.session, state=state)
+        flow = await oauth_state.take_state(session=request.session, state=state)
     except oauth_state.InvalidState:
         return await failure_page(
             request,
@@ -108,12 +114,16 @@ async def callback(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     try:
-        token = await services.connect(user=user, code=code)
+        token = await services.connect(user=user, code=code, role=flow.role)
     except services.AlreadyLinked as linked:
+        if linked.role == DEFAULT_ROLE:
+            taken = "connected to another user"
+        else:
+            taken = f"the {role_label(linked.role).lower()} of another user"
         return await failure_page(
             request,
-            f"The Twitch account {linked.login} is already connected to another user "
-            "of this site. Disconnect it there first, or connect a different account.",
+            f"The Twitch account {linked.login} is already {taken} of this site. "
+            "Disconnect it there first, or connect a different account.",
             status=409,
         )
     except services.InvalidCredential:
@@ -147,8 +157,13 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "was changed. Please try again in a minute.",
             status=502,
         )
-    messages.success(request, f"Connected as {token.login} on Twitch.")
-    return HttpResponseRedirect(next_url)
+    if token.role == DEFAULT_ROLE:
+        messages.success(request, f"Connected as {token.login} on Twitch.")
+    else:
+        messages.success(
+            request, f"Connected {token.role_label.lower()} {token.login} on Twitch."
+        )
+    return HttpResponseRedirect(flow.next_url)
 
 
 @require_POST
@@ -156,9 +171,12 @@ async def callback(request: HttpRequest) -> HttpResponse:
 @never_cache
 async def disconnect(request: HttpRequest) -> HttpResponse:
     user = request.user
-    token = await services.connection_for(user=user)
+    role = _posted_role(request, enabled_only=False)
+    if role is None:
+        return await _unknown_role_page(request)
+    token = await services.connection_for(user=user, role=role.name)
     if token is None or token.status == TwitchToken.Status.REVOKED:
-        messages.info(request, "No Twitch account is connected.")
+        messages.info(request, f"No {role.label.lower()} is connected.")
         return HttpResponseRedirect("/")
     outcome = await services.revoke_token(
         token=token, source=TokenEvent.Source.USER, actor=user
@@ -219,6 +237,27 @@ async def _twitch_error(
             f"Twitch could not complete the connection ({code}). Please try again."
         )
     return await failure_page(request, sentence, status=400)
+
+
+def _posted_role(request: HttpRequest, *, enabled_only: bool = True) -> Role | None:
+    """The role the form names (none: the default role), or None if this site has
+    no such role. Disconnecting also accepts a role the site has since dropped, so
+    its connections can still be ended."""
+    name = request.POST.get("role") or DEFAULT_ROLE
+    role = role_named(name)
+    if role is None and not enabled_only and ROLE_NAME_RE.fullmatch(name):
+        role = Role(name=name, label=role_label(name), scopes=())
+    return role
+
+
+async def _unknown_role_page(request: HttpRequest) -> HttpResponse:
+    # The posted name is not repeated: it is whatever the form sent.
+    return await failure_page(
+        request,
+        "This page asked for a kind of Twitch connection this site does not have, "
+        "so nothing was changed. Please tell the site's staff.",
+        status=400,
+    )
 
 
 def _safe_next(request: HttpRequest, next_url: str | None) -> str:

@@ -18,6 +18,7 @@ from django.views.decorators.debug import sensitive_variables
 from accounts import twitch
 from accounts.db import writer_turn
 from accounts.models import TokenEvent, TwitchToken
+from accounts.roles import DEFAULT_ROLE
 from accounts.tokens.engine import FLUSH_EVERY, Outcome, Plan, amaintain_tokens
 from accounts.tokens.replay import areplay_spool
 from accounts.tokens.schedule import LEASE_GRACE
@@ -31,10 +32,12 @@ class NoUsableToken(Exception):
 class MissingScopes(NoUsableToken):
     """The connection was not granted scopes the caller needs."""
 
-    def __init__(self, user: AbstractBaseUser, missing: list[str]) -> None:
+    def __init__(
+        self, user: AbstractBaseUser, missing: list[str], role: str = DEFAULT_ROLE
+    ) -> None:
         super().__init__(
-            f"{user}'s Twitch connection lacks the scope(s) {' '.join(missing)}; "
-            "they must reconnect and approve them."
+            f"{user}'s Twitch connection ({role}) lacks the scope(s) "
+            f"{' '.join(missing)}; they must reconnect it and approve them."
         )
         self.missing = missing
 
@@ -56,10 +59,13 @@ SITE_STORE_PATIENCE = 5.0  # seconds
 async def twitch_for(
     user: AbstractBaseUser,
     *,
+    role: str = DEFAULT_ROLE,
     scopes: Iterable[str] = (),
     min_lifetime: timedelta = timedelta(minutes=5),
 ) -> AsyncIterator[twitch.UserClient]:
-    """A twitchAPI `Twitch` client acting as `user`, for chat bots and stream tools.
+    """A twitchAPI `Twitch` client acting as `user`'s Twitch account in `role` (the
+    default: their own; "bot": the account their bot speaks as), for chat bots and
+    stream tools.
 
         async with twitch_for(user) as client:
             me = await first(client.get_users())
@@ -74,10 +80,10 @@ async def twitch_for(
     longer than the seam's timeout.
     """
     await areplay_spool(source=TokenEvent.Source.SITE)
-    token = await _usable_token(user)
+    token = await _usable_token(user, role)
     # Before any call to Twitch: a missing scope is not Twitch's to tell us.
     if missing := [s for s in scopes if s not in (token.scopes or [])]:
-        raise MissingScopes(user, missing)
+        raise MissingScopes(user, missing, role)
     if (
         token.refresh_token  # else used while it lasts: validation says when not
         and token.expires_at is not None
@@ -103,10 +109,10 @@ async def twitch_for(
     )
 
 
-async def _usable_token(user: AbstractBaseUser) -> TwitchToken:
-    token = await TwitchToken.objects.filter(user=user).afirst()
+async def _usable_token(user: AbstractBaseUser, role: str) -> TwitchToken:
+    token = await TwitchToken.objects.filter(user=user, role=role).afirst()
     if token is None or not token.is_usable:
-        raise NoUsableToken(f"{user} has no usable Twitch connection.")
+        raise NoUsableToken(f"{user} has no usable Twitch connection ({role}).")
     return token
 
 

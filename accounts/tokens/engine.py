@@ -430,11 +430,13 @@ class Run:
             # A grant Twitch issued that nobody will hold.
             await twitch.revoke_quietly(found.grant.access_token)
         if counted is Outcome.REFRESHED:
-            await signals.token_refreshed.asend(sender=TwitchToken, token=result.token)
+            await signals.token_refreshed.asend(
+                sender=TwitchToken, token=result.token, role=result.token.role
+            )
         elif counted is Outcome.NEEDS_RECONNECT:
             logger.info("token %s needs a reconnect: %s", result.token.pk, found.error)
             await signals.token_needs_reconnect.asend(
-                sender=TwitchToken, token=result.token
+                sender=TwitchToken, token=result.token, role=result.token.role
             )
 
     def count_skipped(self, count: int) -> None:

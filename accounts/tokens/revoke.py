@@ -67,7 +67,7 @@ async def revoke_token(
     if stored_meanwhile:
         # A refresh stored a new pair while we talked to Twitch: end it too.
         await twitch.revoke_quietly(stored_meanwhile)
-    await signals.token_revoked.asend(sender=TwitchToken, token=token)
+    await signals.token_revoked.asend(sender=TwitchToken, token=token, role=token.role)
     return outcome
 
 

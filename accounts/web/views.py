@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_safe
 from accounts import services
 from accounts.checks import check_encryption_keys
 from accounts.models import TwitchToken
+from accounts.roles import Role, enabled_roles, role_label
 from accounts.tokens import spool
 from accounts.web.pages import arender, login_required
 
@@ -33,8 +34,31 @@ HEALTHZ_DATABASE_PATIENCE = 2  # seconds
 @login_required
 @never_cache
 async def home(request: HttpRequest) -> HttpResponse:
-    token = await services.connection_for(user=request.user)
-    return await arender(request, "accounts/home.html", {"token": token})
+    """A section per role: each enabled one, and any other the user still holds a
+    live connection in (a role the site dropped), so it can be disconnected."""
+    tokens = await services.connections_for(user=request.user)
+    sections = [(role, tokens.pop(role.name, None)) for role in enabled_roles()]
+    enabled = len(sections)
+    sections += [
+        (Role(name=name, label=role_label(name), scopes=()), token)
+        for name, token in sorted(tokens.items())
+        if token.status != TwitchToken.Status.REVOKED
+    ]
+    return await arender(
+        request,
+        "accounts/home.html",
+        {
+            "sections": [
+                {
+                    "role": role,
+                    "token": token,
+                    "is_default": role.is_default,
+                    "enabled": index < enabled,
+                }
+                for index, (role, token) in enumerate(sections)
+            ],
+        },
+    )
 
 
 def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
