@@ -167,11 +167,14 @@ async def connect_twitch(
     approve: bool = True,
     next_url: str = "",
     scopes: str = "",
+    role: str = "",
 ):
     """The whole Connect Twitch flow as a browser runs it; the callback's answer."""
     form = {"next": next_url} if next_url else {}
     if scopes:
         form["scopes"] = scopes
+    if role:
+        form["role"] = role
     started = await client.post("/twitch/connect/", form)
     assert started.status_code == 302, started.content
     back = await approve_on_twitch(started["Location"], login=login, approve=approve)
@@ -184,9 +187,9 @@ async def callback(client: AsyncClient, url: str):
     return await client.get(parts.path, dict(parse_qsl(parts.query)))
 
 
-async def start_connect(client: AsyncClient) -> dict[str, str]:
+async def start_connect(client: AsyncClient, role: str = "") -> dict[str, str]:
     """Press Connect Twitch; the query of the authorize URL it sends the browser to."""
-    response = await client.post("/twitch/connect/")
+    response = await client.post("/twitch/connect/", {"role": role} if role else {})
     assert response.status_code == 302
     return {k: v[0] for k, v in parse_qs(urlsplit(response["Location"]).query).items()}
 

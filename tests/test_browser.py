@@ -196,3 +196,38 @@ async def test_a_connection_revoked_on_twitch_shows_connect_twitch_again(
     await page.wait_for_selector("button:has-text('Connect Twitch')")
     assert "No Twitch account is connected" in await page.inner_text("main")
     await assert_no_csp_violations(page)
+
+
+@pytest.mark.parametrize(
+    "site",
+    [{"TWITCH_BOT_SCOPES": "user:bot user:read:chat user:write:chat"}],
+    indirect=True,
+)
+async def test_a_streamer_connects_their_account_and_their_bot_then_drops_the_bot(
+    site, browser, django_user_model
+):
+    await django_user_model.objects.acreate_user("hana", password="pw")
+    page = await sign_in(browser, site, "hana")
+
+    await page.click("#role-main >> text=Connect Twitch")
+    await page.fill("input[name=login]", "hanastreams")
+    await page.click("button[value=authorize]")
+    await page.wait_for_selector("text=Connected as hanastreams on Twitch.")
+    # Twitch shows its consent page again for the bot, where Hana signs in as it.
+    await page.click("#role-bot >> text=Connect bot account")
+    await page.fill("input[name=login]", "hanabot")
+    await page.click("button[value=authorize]")
+    await page.wait_for_selector("text=Connected bot account hanabot on Twitch.")
+    assert "Connected as hanastreams" in await page.inner_text("#role-main")
+    assert "Connected as hanabot" in await page.inner_text("#role-bot")
+
+    await page.click("#role-bot >> text=Disconnect")
+    await page.wait_for_selector("text=Disconnected hanabot:")
+    assert "No bot account is connected" in await page.inner_text("#role-bot")
+    assert "Connected as hanastreams" in await page.inner_text("#role-main")
+    await assert_no_csp_violations(page)
+    held = {
+        t.role: t.status
+        async for t in TwitchToken.objects.filter(user__username="hana")
+    }
+    assert held == {"main": "active", "bot": "revoked"}

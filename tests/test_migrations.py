@@ -53,3 +53,39 @@ def test_eventsub_message_ids_become_digests_and_redeliveries_stay_known(
     )
     assert response.status_code == 204
     assert TwitchToken.objects.get().status == TwitchToken.Status.ACTIVE
+
+
+def test_every_connection_becomes_the_default_role_with_its_tokens_and_history(
+    migrated_back, alice, bob, sandbox
+):
+    old = migrate([("accounts", "0006_eventsub_message_digest")])
+    Token = old.get_model("accounts", "TwitchToken")
+    Event = old.get_model("accounts", "TokenEvent")
+    issued = sandbox.issue_tokens(login="alice", scopes=["chat:read"])
+    kept = Token.objects.create(
+        user_id=alice.pk,
+        twitch_user_id=sandbox.add_user("alice").id,
+        login="alice",
+        access_token=issued["access_token"],
+        refresh_token=issued["refresh_token"],
+        scopes=["chat:read"],
+    )
+    Event.objects.create(
+        token=kept, action="connect", outcome="succeeded", source="user"
+    )
+    Token.objects.create(
+        user_id=bob.pk, twitch_user_id="7", login="gone", status="revoked"
+    )
+
+    migrate([("accounts", "0007_connection_roles")])
+    migrate(MigrationExecutor(connection).loader.graph.leaf_nodes())
+
+    tokens = {token.login: token for token in TwitchToken.objects.all()}
+    assert {token.role for token in tokens.values()} == {"main"}
+    assert tokens["alice"].refresh_token == issued["refresh_token"]  # decrypts
+    assert tokens["alice"].events.count() == 1
+    # A person may now add a bot beside their own account.
+    TwitchToken.objects.create(
+        user=alice, role="bot", twitch_user_id="8", login="alicebot"
+    )
+    assert alice.twitch_tokens.count() == 2
