@@ -144,6 +144,10 @@ def test_control_stats_counts_requests_and_refreshes(sandbox: Sandbox) -> None:
             "eventsub_create": 0,
             "eventsub_list": 0,
             "eventsub_delete": 0,
+            "keys": 0,
+            "openid_configuration": 0,
+            "userinfo": 0,
+            "device": 0,
         },
         "refreshes": 1,
     }

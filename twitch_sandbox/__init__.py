@@ -1,11 +1,12 @@
-"""A local stand-in for Twitch's OAuth server, Helix ``GET /users`` and EventSub
-webhooks for ``user.authorization.revoke``.
+"""A local stand-in for Twitch's OAuth server (OpenID Connect included: ID
+tokens, rotating signing keys, discovery, UserInfo), Helix ``GET /users`` and
+EventSub webhooks for ``user.authorization.revoke``.
 
 Built from shared/twitch-oauth.md: same paths, parameters, JSON fields, status
 codes and error bodies as Twitch, strict where Twitch is strict, plus handles
 for tests (users, expiry, disconnects, faults, altered answers, latency, live
-tokens, a record of every request, signed webhook messages) and Twitch's rate
-limits (Helix token buckets, id.twitch.tv's burst limit)::
+tokens, a record of every request, signed webhook messages, forged ID tokens)
+and Twitch's rate limits (Helix token buckets, id.twitch.tv's burst limit)::
 
     sandbox = Sandbox(redirect_uris=["http://testserver/twitch/callback/"])
     sandbox.start()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import control, eventsub, helix, oauth
+from . import control, device, eventsub, helix, oauth
 from .faults import HANG_SECONDS
 from .keys import DELIVERING, EVENTSUB, FAULTS, LEDGER, LIMITS, LOG, SLEEPERS
 from .ledger import Ledger
@@ -30,6 +30,7 @@ def build_app(sandbox: Sandbox) -> web.Application:
     app[LOG] = sandbox.log
     app[EVENTSUB] = sandbox.eventsub
     app[LIMITS] = sandbox.limits
+    app[device.DEVICES] = sandbox.devices
     app[SLEEPERS] = set()
     app[DELIVERING] = set()
     app.on_shutdown.append(_cancel_waiting)
@@ -46,6 +47,23 @@ def build_app(sandbox: Sandbox) -> web.Application:
         "/oauth2/validate", oauth.validate, name="validate", allow_head=False
     )
     router.add_post("/oauth2/revoke", oauth.revoke, name="revoke")
+    # The Device Code Grant: its endpoint, and the page a person opens (on
+    # www.twitch.tv at Twitch); the grant itself is polled at /oauth2/token.
+    router.add_post("/oauth2/device", device.device, name="device")
+    router.add_get(
+        device.ACTIVATE_PATH, device.activate_page, name="activate", allow_head=False
+    )
+    router.add_post(device.ACTIVATE_PATH, device.activate_submit, name="activate_post")
+    router.add_get("/oauth2/keys", oauth.keys, name="keys", allow_head=False)
+    router.add_get(
+        "/oauth2/.well-known/openid-configuration",
+        oauth.openid_configuration,
+        name="openid_configuration",
+        allow_head=False,
+    )
+    router.add_get(
+        "/oauth2/userinfo", oauth.userinfo, name="userinfo", allow_head=False
+    )
     router.add_get("/helix/users", helix.users, name="users", allow_head=False)
     # One path, three names: aiohttp names resources, so each method gets its
     # own resource, and a request falls through to the one for its method.

@@ -32,6 +32,10 @@ COMMANDS = (
     ("POST", "expire", "expire_access_tokens"),
     ("POST", "users/{login}/disconnect", "disconnect_user"),
     ("GET", "users/{login}/tokens", "live_tokens"),
+    ("GET", "users/{login}/grants", "grants"),
+    ("POST", "devices/{user_code}/approve", "approve_device"),
+    ("POST", "devices/{user_code}/deny", "deny_device"),
+    ("POST", "device-timing", "set_device_timing"),
     ("POST", "latency", "set_latency"),
     ("POST", "fail", "fail"),
     ("POST", "hang", "hang"),
@@ -40,11 +44,16 @@ COMMANDS = (
     ("POST", "auth-rate-limit", "set_auth_rate_limit"),
     ("POST", "alter", "alter"),
     ("POST", "clear-faults", "clear_faults"),
+    ("POST", "rotate-signing-key", "rotate_signing_key"),
+    ("POST", "forge-id-token", "forge_id_token"),
     ("GET", "stats", "stats"),
     ("GET", "eventsub/subscriptions", "subscriptions"),
     ("POST", "eventsub/subscriptions/{id}/wait", "wait_for_subscription_status"),
     ("POST", "eventsub/subscriptions/{id}/revoke", "revoke_subscription"),
     ("GET", "eventsub/deliveries", "deliveries"),
+    ("POST", "eventsub/notify", "notify"),
+    ("POST", "eventsub/delivery-policy", "set_delivery_policy"),
+    ("POST", "eventsub/limits", "set_eventsub_limits"),
 )
 
 OK = {"ok": True}

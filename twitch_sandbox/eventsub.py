@@ -1,5 +1,6 @@
 """Helix ``/eventsub/subscriptions``: create, list and delete the app's
-webhook subscriptions (the subscriptions themselves live in webhooks.py).
+webhook subscriptions (the subscriptions themselves live in webhooks.py, their
+delivery in eventsub_delivery.py).
 
 All three want an app access token, as Twitch does for webhooks; the sandbox
 answers a user token with 401 too, so a site that sends the wrong one finds out.
@@ -13,11 +14,12 @@ from collections.abc import Coroutine
 
 from aiohttp import web
 
+from .eventsub_delivery import verify
 from .keys import DELIVERING, EVENTSUB, LEDGER
 from .ledger import Ledger, Rejected
 from .oauth import bearer_token
 from .responses import helix_error, json_response
-from .webhooks import MAX_TOTAL_COST, STATUSES, Subscriptions, verify
+from .webhooks import STATUSES, Subscriptions
 
 # Helix lets a listing use one of these at most.
 FILTERS = ("status", "type", "user_id", "subscription_id")
@@ -35,7 +37,11 @@ async def create(request: web.Request) -> web.Response:
     except ValueError:
         return helix_error(400, "The request body is not valid JSON")
     try:
-        subscription = subscriptions.create(body, client_id=ledger.client_id)
+        subscription = subscriptions.create(
+            body,
+            client_id=ledger.client_id,
+            authorizations=lambda user_id: authorized_scopes(ledger, user_id),
+        )
     except Rejected as rejected:
         return json_response(rejected.body, status=rejected.status)
     # The challenge goes out while this answer does, as on Twitch.
@@ -57,14 +63,12 @@ async def list_(request: web.Request) -> web.Response:
         )
     if "status" in filters and filters["status"] not in STATUSES:
         return helix_error(400, "invalid status")
-    data = subscriptions.list(
-        status=filters.get("status"),
-        kind=filters.get("type"),
-        user_id=filters.get("user_id"),
-        subscription_id=filters.get("subscription_id"),
-    )
-    # Everything fits on one page: no cursor.
-    return json_response({**_listing(subscriptions, data), "pagination": {}})
+    try:
+        data, cursor = subscriptions.page(after=request.query.get("after"), **filters)
+    except KeyError:
+        return helix_error(400, "invalid cursor")
+    pagination = {"cursor": cursor} if cursor else {}
+    return json_response({**_listing(subscriptions, data), "pagination": pagination})
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -93,15 +97,22 @@ def _app_token_problem(request: web.Request, ledger: Ledger) -> web.Response | N
     return None
 
 
+def authorized_scopes(ledger: Ledger, user_id: str) -> frozenset[str] | None:
+    """The scopes a user has granted this app over their live grants; None when
+    they have not authorized it at all."""
+    user = ledger.user_by_id(user_id)
+    if user is None:
+        return None
+    grants = [g for g in ledger.grants(user.login) if g.client_id == ledger.client_id]
+    if not grants:
+        return None
+    return frozenset(scope for grant in grants for scope in grant.scopes)
+
+
 def _listing(
     subscriptions: Subscriptions, data: list[dict[str, object]]
 ) -> dict[str, object]:
-    return {
-        "data": data,
-        "total": subscriptions.total(),
-        "total_cost": 0,
-        "max_total_cost": MAX_TOTAL_COST,
-    }
+    return {"data": data, **subscriptions.totals()}
 
 
 def _in_background(

@@ -34,6 +34,10 @@ ENDPOINTS = (
     "eventsub_create",
     "eventsub_list",
     "eventsub_delete",
+    "keys",
+    "openid_configuration",
+    "userinfo",
+    "device",
 )
 # Longer than any client timeout; cancelled when the sandbox stops.
 HANG_SECONDS = 3600.0

@@ -1,4 +1,5 @@
-"""The ledger: what the sandbox remembers (the app, its users, codes and tokens).
+"""The ledger: what the sandbox remembers (the app, its users, codes and tokens,
+and the keys that sign ID tokens).
 
 Not called "state", which in OAuth is the parameter a client round-trips. The
 OAuth and Helix handlers read and write the ledger; tests reach it through
@@ -21,9 +22,11 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from .oidc import OpenID
 
 FIRST_USER_ID = 100_000_001
 CODE_LIFETIME = 600
@@ -34,6 +37,8 @@ MAX_ACCESS_TOKENS_PER_LINEAGE = 50
 # Twitch logins: 4 to 25 characters; the sandbox also allows shorter ones so
 # tests can use short names.
 LOGIN_RE = re.compile(r"[a-z0-9_]{1,25}")
+# The token endpoint's grant type for a device code (device.py).
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,8 @@ class TokenInfo:
     user: SandboxUser | None  # None for an app access token
     scopes: tuple[str, ...]
     expires_in: int
+    # The claims its grant's authorize request asked UserInfo for (OIDC).
+    userinfo_claims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,17 @@ class LiveTokens:
 
     access: list[str]  # alive and not expired
     refresh: list[str]  # the current refresh token of every live grant
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One live grant of a user to the app: what they approved once, kept up by
+    its chain of refresh tokens."""
+
+    client_id: str
+    scopes: list[str]
+    refresh_token: str  # the current one
+    access_tokens: list[str]  # those minted along the chain still valid
 
 
 class Rejected(Exception):
@@ -80,6 +98,9 @@ class _Code:
     user_id: str
     scopes: tuple[str, ...]
     expires_at: float
+    # OpenID Connect: echoed in the ID token; the claims asked for per target.
+    nonce: str | None = None
+    claims: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -96,6 +117,7 @@ class _Lineage:
     access_tokens: deque[_Access] = field(default_factory=deque)
     refreshes: int = 0
     alive: bool = True
+    userinfo_claims: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -136,12 +158,18 @@ class Ledger:
         client_secret: str,
         redirect_uris: list[str],
         access_token_lifetime: int,
+        public_client: bool = False,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
+        # Twitch's "Public" client type: an app without a secret (see
+        # check_client). Kept through resets, like the rest of the app.
+        self.public_client = public_client
         # Kept as the caller's list object: tests may append to it at any time.
         self.redirect_uris = redirect_uris
         self.access_token_lifetime = access_token_lifetime
+        # Made once, kept through resets (generating keys takes a while).
+        self.openid = OpenID()
         self._lock = threading.Lock()
         self._clear()
 
@@ -162,6 +190,7 @@ class Ledger:
     def reset(self) -> None:
         with self._lock:
             self._clear()
+        self.openid.reset()
 
     # The app -------------------------------------------------------------
 
@@ -171,14 +200,33 @@ class Ledger:
     def is_registered_redirect(self, redirect_uri: str | None) -> bool:
         return redirect_uri is not None and redirect_uri in self.redirect_uris
 
-    def check_client(self, client_id: str | None, client_secret: str | None) -> None:
+    def check_client(
+        self,
+        client_id: str | None,
+        client_secret: str | None,
+        *,
+        grant_type: str | None = None,
+    ) -> None:
+        """The token endpoint's client check for ``grant_type``.
+
+        A device code needs no secret, even from a confidential client, whose
+        refresh tokens still want one (twitchdev/issues#943). A public client has
+        no secret: it refreshes with its client id alone (twitchdev/issues#895),
+        cannot use the grants that need one, and any secret it sends is wrong.
+        """
         if not client_id:
             raise Rejected(400, "missing client id")
         if not self.is_known_client(client_id):
             raise Rejected(400, "invalid client")
         if not client_secret:
+            if grant_type == DEVICE_CODE_GRANT or (
+                self.public_client and grant_type == "refresh_token"
+            ):
+                return
             raise Rejected(400, "missing client secret")
-        if not hmac.compare_digest(client_secret.encode(), self.client_secret.encode()):
+        if self.public_client or not hmac.compare_digest(
+            client_secret.encode(), self.client_secret.encode()
+        ):
             raise Rejected(403, "invalid client secret")
 
     # Users ---------------------------------------------------------------
@@ -218,10 +266,13 @@ class Ledger:
         login: str,
         scopes: str | Iterable[str],
         redirect_uri: str | None = None,
+        nonce: str | None = None,
+        claims: Mapping[str, tuple[str, ...]] | None = None,
     ) -> str:
         """What approving the consent page does: a code for the user.
 
-        ``redirect_uri`` defaults to the first registered one.
+        ``redirect_uri`` defaults to the first registered one. ``nonce`` and
+        ``claims`` (see ``oidc.requested_claims``) are kept for the ID token.
         """
         if redirect_uri is None:
             if not self.redirect_uris:
@@ -240,6 +291,8 @@ class Ledger:
                 user_id=user.id,
                 scopes=scopes,
                 expires_at=time.time() + CODE_LIFETIME,
+                nonce=nonce or None,
+                claims=dict(claims or {}),
             )
         return code
 
@@ -259,7 +312,22 @@ class Ledger:
             ):
                 raise invalid
             lineage = self._new_lineage(grant.user_id, grant.scopes)
-            return self._token_response(self._mint_access(lineage))
+            lineage.userinfo_claims = grant.claims.get("userinfo", ())
+            body = self._token_response(self._mint_access(lineage))
+            user = self._users_by_id[grant.user_id]
+        if "openid" in grant.scopes:
+            # Signed outside the lock; a refresh answers none ("ID tokens
+            # cannot be refreshed").
+            id_token = self.openid.id_token(
+                user=user,
+                client_id=client_id,
+                scopes=grant.scopes,
+                nonce=grant.nonce,
+                claims=grant.claims.get("id_token", ()),
+            )
+            if id_token is not None:
+                body["id_token"] = id_token
+        return body
 
     def refresh(
         self, *, client_id: str, refresh_token: str | None
@@ -272,7 +340,9 @@ class Ledger:
             if lineage.refresh_token != refresh_token:
                 # A token already rotated away came back: Twitch then ends the
                 # user's whole connection to the app (twitchdev/issues#903),
-                # so two refreshers racing with one token log the user out.
+                # so two refreshers racing with one token log the user out. Every
+                # grant of theirs ends, whatever its scopes: a user sees one
+                # connection per app on Twitch (the stricter reading).
                 # Checked before "alive": a stale token of a grant that died
                 # since still ends the grants the user has now.
                 self._end_authorization(lineage.user_id, lineage.client_id)
@@ -315,7 +385,27 @@ class Ledger:
         del body["token_type"]
         return body
 
+    def new_grant(self, *, login: str, scopes: Iterable[str]) -> dict[str, object]:
+        """A new grant to the user for the app, and the token endpoint's answer
+        for it: what redeeming an approved device code hands out."""
+        login = normalize_login(login)
+        scopes = normalize_scopes(scopes)
+        with self._lock:
+            user = self._add_user(login)
+            lineage = self._new_lineage(user.id, scopes)
+            return self._token_response(self._mint_access(lineage))
+
     def _new_lineage(self, user_id: str, scopes: tuple[str, ...]) -> _Lineage:
+        # A new lineage for every authorization, even one with the same scopes as
+        # a grant the user has already: Twitch's docs list how tokens become
+        # invalid (they expire, are revoked or refreshed away, the user
+        # disconnects the app or changes their password) and a later
+        # authorization is not among them. Also the stricter reading for a site:
+        # grants it replaces stay alive until it revokes them, and
+        # live_tokens/grants show any it leaves behind. So one login can hold
+        # grants with different scopes (a main account and a bot) at once, each
+        # refreshed and revoked on its own; what ends them together is the user
+        # disconnecting the app, or one of their stale refresh tokens (refresh).
         lineage = _Lineage(client_id=self.client_id, user_id=user_id, scopes=scopes)
         self._rotate(lineage)
         self._lineages_by_user.setdefault(user_id, []).append(lineage)
@@ -390,6 +480,9 @@ class Ledger:
                 user=user,
                 scopes=access.scopes,
                 expires_in=max(0, int(access.expires_at - now)),
+                userinfo_claims=access.lineage.userinfo_claims
+                if access.lineage
+                else (),
             )
 
     def revoke(self, *, client_id: str | None, token: str | None) -> None:
@@ -488,6 +581,21 @@ class Ledger:
                 access=[a.token for a in access if a.is_valid(now)],
                 refresh=[g.refresh_token for g in alive],
             )
+
+    def grants(self, login: str) -> list[Grant]:
+        with self._lock:
+            user_id = self._user_id(login)
+            now = time.time()
+            return [
+                Grant(
+                    client_id=g.client_id,
+                    scopes=list(g.scopes),
+                    refresh_token=g.refresh_token,
+                    access_tokens=[a.token for a in g.access_tokens if a.is_valid(now)],
+                )
+                for g in self._lineages_by_user.get(user_id, [])
+                if g.alive
+            ]
 
 
 def _access_token() -> str:

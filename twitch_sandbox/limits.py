@@ -40,7 +40,7 @@ from aiohttp import web
 from .responses import helix_error
 
 HELIX_ENDPOINTS = ("users", "eventsub_create", "eventsub_list", "eventsub_delete")
-AUTH_ENDPOINTS = ("token", "validate", "revoke")
+AUTH_ENDPOINTS = ("token", "validate", "revoke", "device")
 # Twitch's documented default: 800 points, refilled at 800 a minute.
 DEFAULT_HELIX_POINTS = 800
 DEFAULT_HELIX_PER_SECONDS = 60.0

@@ -1,15 +1,18 @@
-"""The id.twitch.tv endpoints: authorize, token, validate, revoke."""
+"""The id.twitch.tv endpoints: authorize, token, validate, revoke, and OpenID
+Connect's keys, discovery document and UserInfo (tokens and keys: oidc.py)."""
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
 from accounts.twitch.scopes import ACCEPTED, SCOPES, Status
 
+from . import device, oidc
 from .keys import LEDGER
 from .ledger import (
     Ledger,
@@ -30,6 +33,8 @@ AUTHORIZE_PARAMS = (
     "scope",
     "state",
     "force_verify",
+    "nonce",
+    "claims",
 )
 
 # Twitch knows who is at the browser by its login cookie; the sandbox sets this one
@@ -60,7 +65,10 @@ async def authorize_page(request: web.Request) -> web.Response:
     if login is not None and params.get("force_verify") != "true":
         # Already approved: Twitch sends the user straight back, without asking.
         code = ledger.authorize(
-            login=login, scopes=scopes, redirect_uri=params["redirect_uri"]
+            login=login,
+            scopes=scopes,
+            redirect_uri=params["redirect_uri"],
+            **_openid_params(params),
         )
         approved = {"code": code, "scope": " ".join(scopes)}
         return redirect(params["redirect_uri"], _with_state(approved, params))
@@ -94,7 +102,12 @@ async def authorize_submit(request: web.Request) -> web.Response:
     scopes = normalize_scopes(params.get("scope", ""))
     login = params.get("login", "")
     try:
-        code = ledger.authorize(login=login, scopes=scopes, redirect_uri=redirect_uri)
+        code = ledger.authorize(
+            login=login,
+            scopes=scopes,
+            redirect_uri=redirect_uri,
+            **_openid_params(params),
+        )
     except ValueError:
         page = consent_page(
             client_id=params["client_id"],
@@ -147,9 +160,13 @@ async def token(request: web.Request) -> web.Response:
     ledger = request.app[LEDGER]
     params = await _params(request)
     client_id = params.get("client_id", "")
+    grant_type = params.get("grant_type")
+    if grant_type == device.GRANT_TYPE:
+        return device.poll(request, params)
     try:
-        ledger.check_client(client_id, params.get("client_secret"))
-        grant_type = params.get("grant_type")
+        ledger.check_client(
+            client_id, params.get("client_secret"), grant_type=grant_type
+        )
         if grant_type == "authorization_code":
             body = ledger.exchange_code(
                 client_id=client_id,
@@ -229,7 +246,19 @@ def _check_authorize(ledger: Ledger, params: Mapping[str, str]) -> web.Response 
         return _html(error_page(message), status=400)
     if any(s not in ACCEPTED for s in requested):
         return _html(error_page("invalid scope requested"), status=400)
+    try:
+        oidc.requested_claims(params.get("claims"))
+    except ValueError as problem:
+        return _html(error_page(f"invalid claims: {problem}"), status=400)
     return None
+
+
+def _openid_params(params: Mapping[str, str]) -> dict[str, Any]:
+    """The authorize request's nonce and claims (checked already), for the code."""
+    return {
+        "nonce": params.get("nonce"),
+        "claims": oidc.requested_claims(params.get("claims")),
+    }
 
 
 def _with_state(query: dict[str, str], params: Mapping[str, str]) -> dict[str, str]:
@@ -260,3 +289,36 @@ async def _params(request: web.Request) -> dict[str, str]:
 
 def _html(page: str, *, status: int = 200) -> web.Response:
     return web.Response(status=status, text=page, content_type="text/html")
+
+
+# OpenID Connect --------------------------------------------------------------------
+
+
+async def keys(request: web.Request) -> web.Response:
+    """The JWKS: the public keys that sign ID tokens, the current and any kept."""
+    return json_response(request.app[LEDGER].openid.jwks())
+
+
+async def openid_configuration(request: web.Request) -> web.Response:
+    return json_response(oidc.discovery(f"{request.url.origin()}/oauth2/"))
+
+
+async def userinfo(request: web.Request) -> web.Response:
+    # Twitch's guide shows Bearer only; the 401 and 403 bodies are guesses in
+    # the shape of id.twitch.tv's other refusals.
+    token = bearer_token(request, schemes=("bearer",))
+    info = request.app[LEDGER].token_info(token)
+    if info is None or info.user is None:
+        body = {"error": "Unauthorized", "status": 401, "message": "invalid token"}
+        return json_response(body, status=401)
+    if "openid" not in info.scopes:
+        body = {"error": "Forbidden", "status": 403, "message": "missing scope openid"}
+        return json_response(body, status=403)
+    return json_response(
+        oidc.userinfo(
+            info.user,
+            client_id=info.client_id,
+            scopes=info.scopes,
+            asked=info.userinfo_claims,
+        )
+    )

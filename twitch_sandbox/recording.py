@@ -17,6 +17,10 @@ RECORDED_ENDPOINTS = (
     "eventsub_create",
     "eventsub_list",
     "eventsub_delete",
+    "keys",
+    "openid_configuration",
+    "userinfo",
+    "device",
 )
 # Enough for any test; a long benchmark keeps only the latest requests while
 # the counts stay exact.

@@ -21,10 +21,11 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from . import webhooks
+from . import device, eventsub_delivery, oidc, webhooks
 from .app import build_app
+from .device import DeviceCodes
 from .faults import Fault, Faults
-from .ledger import Ledger, LiveTokens, SandboxUser
+from .ledger import Grant, Ledger, LiveTokens, SandboxUser
 from .limits import (
     DEFAULT_AUTH_BURST,
     DEFAULT_AUTH_PER_SECONDS,
@@ -34,7 +35,7 @@ from .limits import (
     RateLimits,
 )
 from .recording import RecordedRequest, RequestLog
-from .webhooks import Delivery, Subscriptions, WebhookMessage
+from .webhooks import Delivery, DeliveryPolicy, Subscriptions, WebhookMessage
 
 DEFAULT_CLIENT_ID = "sandbox-client-id"
 DEFAULT_CLIENT_SECRET = "sandbox-client-secret"
@@ -51,6 +52,20 @@ T = TypeVar("T")
 class Sandbox:
     """A local stand-in for id.twitch.tv's OAuth endpoints, Helix ``/users``
     and EventSub webhooks for ``user.authorization.revoke``.
+
+    It speaks OpenID Connect as Twitch does (oidc.py): with ``openid`` the code
+    grant also answers an RS256 ``id_token`` (``nonce`` echoed, claims such as
+    ``preferred_username`` only when the ``claims`` parameter asks), signed by
+    keys published at ``/oauth2/keys`` that rotate; discovery at
+    ``/oauth2/.well-known/openid-configuration``; ``/oauth2/userinfo``.
+
+    The Device Code Grant too (device.py): ``POST /oauth2/device``, an
+    activation page at its ``verification_uri`` (or ``approve_device`` and
+    ``deny_device``), and polling ``/oauth2/token`` with ``authorization_pending``,
+    ``slow_down``, ``expired_token`` and ``access_denied``; ``public_client``
+    makes the app one without a secret, which refreshes with its client id
+    alone. A login may hold several grants at once, one per authorization
+    (``grants``), each refreshed and revoked on its own.
 
     ``start()`` serves real HTTP from a daemon thread with its own event loop;
     every other method may be called from any thread while it serves.
@@ -72,6 +87,7 @@ class Sandbox:
             DEFAULT_AUTH_BURST,
             DEFAULT_AUTH_PER_SECONDS,
         ),
+        public_client: bool = False,
     ) -> None:
         """``helix_rate_limit`` and ``auth_rate_limit`` are ``(points,
         per_seconds)``, what ``reset()`` goes back to; see the setters."""
@@ -80,7 +96,9 @@ class Sandbox:
             client_secret=client_secret,
             redirect_uris=list(redirect_uris),
             access_token_lifetime=access_token_lifetime,
+            public_client=public_client,
         )
+        self.devices = DeviceCodes(self.ledger)
         self.faults = Faults()
         self.limits = RateLimits(
             helix=Limit.checked(*helix_rate_limit),
@@ -117,6 +135,17 @@ class Sandbox:
     @access_token_lifetime.setter
     def access_token_lifetime(self, seconds: int) -> None:
         self.ledger.access_token_lifetime = seconds
+
+    @property
+    def public_client(self) -> bool:
+        """Whether the app is of Twitch's "Public" client type: it has no secret,
+        refreshes without one, and cannot exchange codes or get app tokens.
+        Twitch's default, and the sandbox's, is "Confidential"."""
+        return self.ledger.public_client
+
+    @public_client.setter
+    def public_client(self, public: bool) -> None:
+        self.ledger.public_client = public
 
     @property
     def allow_insecure_callbacks(self) -> bool:
@@ -226,13 +255,17 @@ class Sandbox:
     # Users, codes and tokens (the ledger) --------------------------------
 
     def reset(self) -> None:
-        """Forget users, codes, tokens, faults, latency, recorded requests,
-        EventSub subscriptions and deliveries; fill every rate-limit bucket and
-        go back to the limits the sandbox was made with.
+        """Forget users, codes, tokens, faults (ID token forgeries too),
+        latency, recorded requests, EventSub subscriptions and deliveries; fill
+        every rate-limit bucket and go back to the limits the sandbox was made
+        with, and to its first signing key alone. Device codes are forgotten
+        too, and new ones get Twitch's timing again.
 
-        The client, its redirect URIs and ``allow_insecure_callbacks`` stay.
+        The client, its redirect URIs, ``public_client`` and
+        ``allow_insecure_callbacks`` stay.
         """
         self.ledger.reset()
+        self.devices.reset()
         self.faults.reset()
         self.limits.reset()
         self.log.reset()
@@ -249,15 +282,24 @@ class Sandbox:
         scopes: str | Iterable[str] = (),
         redirect_uri: str | None = None,
         state: str | None = None,
+        nonce: str | None = None,
+        claims: str | Mapping[str, object] | None = None,
     ) -> str:
         """What approving the consent page does, without the page: a code.
 
         ``redirect_uri`` defaults to the first registered one. ``state`` is
         accepted for symmetry only: Twitch does not bind the code to it.
+        ``nonce`` and ``claims`` (the authorize parameter, as JSON or its
+        object: ``{"id_token": {"preferred_username": None}}``) shape the ID
+        token a code for ``openid`` brings.
         """
         del state
         return self.ledger.authorize(
-            login=login, scopes=scopes, redirect_uri=redirect_uri
+            login=login,
+            scopes=scopes,
+            redirect_uri=redirect_uri,
+            nonce=nonce,
+            claims=oidc.requested_claims(claims),
         )
 
     def issue_tokens(
@@ -275,8 +317,10 @@ class Sandbox:
 
     def disconnect_user(self, login: str, *, gone: bool = False) -> None:
         """The user disconnected the app on Twitch: all their access and
-        refresh tokens die, and every enabled ``user.authorization.revoke``
-        subscription for this client gets a signed notification.
+        refresh tokens die, every enabled ``user.authorization.revoke``
+        subscription for this client gets a signed notification, and each
+        enabled subscription that needed their authorization is revoked
+        (``authorization_revoked``).
 
         Returns once each callback answered (or timed out), so a test can
         assert at once. ``gone``: the user deleted their account, and the
@@ -284,14 +328,16 @@ class Sandbox:
         """
         self.ledger.disconnect_user(login)
         user = self._user(login)
-        messages = []
-        for subscription in self.eventsub.revoke_targets(self.client_id):
-            message = self.eventsub.notification(
-                subscription, user, client_id=self.client_id, gone=gone
-            )
-            messages.append((subscription, message))
+        event = webhooks.revoke_event(user, client_id=self.client_id, gone=gone)
+        messages = [
+            (subscription, self.eventsub.notification(subscription, event))
+            for subscription in self.eventsub.revoke_targets(self.client_id)
+        ]
         if messages:
             self._on_loop(self._post_each(messages))
+        # Subscriptions that needed the user's authorization end with it.
+        for subscription in self.eventsub.authorized_by(user.id):
+            self.revoke_subscription(subscription.id, "authorization_revoked")
 
     def tokens_issued(self) -> list[str]:
         """Every access and refresh token ever issued, dead or alive."""
@@ -317,6 +363,35 @@ class Sandbox:
         of each of their grants still alive, in the order of issue; KeyError
         for an unknown login."""
         return self.ledger.live_tokens(login)
+
+    def grants(self, login: str) -> list[Grant]:
+        """The user's live grants to the app, oldest first: the scopes of each,
+        its current refresh token and its access tokens still valid; KeyError
+        for an unknown login."""
+        return self.ledger.grants(login)
+
+    def approve_device(self, user_code: str, *, login: str) -> None:
+        """What approving on the activation page does: the device code with
+        this user code is approved by ``login`` (created if new), and its next
+        poll (at its interval) gets the token pair. KeyError for a code never
+        issued, ValueError for one approved, declined, spent or expired."""
+        self.devices.approve(user_code, login=login)
+
+    def deny_device(self, user_code: str) -> None:
+        """What declining on the activation page does: polls answer
+        ``access_denied`` from now on. KeyError and ValueError as for
+        ``approve_device``."""
+        self.devices.deny(user_code)
+
+    def set_device_timing(
+        self,
+        interval: int = device.DEFAULT_INTERVAL,
+        expires_in: int = device.DEFAULT_EXPIRES_IN,
+    ) -> None:
+        """The ``interval`` and ``expires_in`` (whole seconds) of device codes
+        issued from now on; Twitch's (5 and 1800) are the default and what
+        ``reset()`` goes back to."""
+        self.devices.configure(interval=interval, expires_in=expires_in)
 
     def seed_tokens(
         self,
@@ -389,21 +464,67 @@ class Sandbox:
                     " name one with subscription_id"
                 )
             subscription = targets[0]
+        event = webhooks.revoke_event(user, client_id=self.client_id, gone=gone)
         return self.eventsub.notification(
             subscription,
-            user,
-            client_id=self.client_id,
-            gone=gone,
+            event,
             message_id=message_id,
             timestamp=timestamp,
             secret=secret,
         )
 
+    def event_message(
+        self,
+        id: str,
+        event: Mapping[str, object] | None = None,
+        *,
+        message_id: str | None = None,
+        timestamp: datetime | None = None,
+    ) -> WebhookMessage:
+        """A signed notification for subscription ``id``, built but not sent;
+        ``event`` defaults to the subscription's condition, with each user's
+        login and name beside their id."""
+        subscription = self.eventsub.get(id)
+        return self.eventsub.notification(
+            subscription,
+            dict(event) if event is not None else self._event_for(subscription),
+            message_id=message_id,
+            timestamp=timestamp,
+        )
+
+    def notify(
+        self,
+        type: str,
+        condition: Mapping[str, str] | None = None,
+        event: Mapping[str, object] | None = None,
+    ) -> list[Delivery]:
+        """An event happens: each enabled subscription of ``type`` whose
+        condition holds every field of ``condition`` gets a signed
+        notification, delivered as Twitch does (redelivered while not answered
+        2xx in time, failures counted). Returns the last attempt of each, once
+        every delivery is over."""
+        targets = self.eventsub.enabled(type, dict(condition or {}))
+        messages = [(s, self.event_message(s.id, event)) for s in targets]
+        return self._on_loop(self._deliver_all(messages)) if messages else []
+
     def deliver(self, message: WebhookMessage) -> int:
-        """POST the message to its subscription's callback as it is; the HTTP
-        status answered, 0 if none."""
+        """POST the message to its subscription's callback as it is, once; the
+        HTTP status answered, 0 if none. The attempt counts towards the
+        subscription's failures like any."""
         subscription = self.eventsub.get(webhooks.subscription_id_of(message))
-        return self._on_loop(webhooks.post(self.eventsub, subscription, message)).status
+        delivery = self._on_loop(
+            eventsub_delivery.deliver_once(self.eventsub, subscription, message)
+        )
+        return delivery.status
+
+    def deliver_all(self, messages: Iterable[WebhookMessage]) -> list[Delivery]:
+        """Deliver messages all at once, as Twitch does when many events happen
+        together, each with its redeliveries; the last attempt of each, in the
+        order given."""
+        pairs = [
+            (self.eventsub.get(webhooks.subscription_id_of(m)), m) for m in messages
+        ]
+        return self._on_loop(self._deliver_all(pairs))
 
     def revoke_subscription(
         self, id: str, reason: str = "authorization_revoked"
@@ -421,7 +542,56 @@ class Sandbox:
             raise ValueError(f"subscription {id} is {status!r}, not enabled")
         self.eventsub.set_status(subscription, reason)
         message = self.eventsub.revocation(subscription)
-        self._on_loop(webhooks.post(self.eventsub, subscription, message))
+        self._on_loop(eventsub_delivery.post(self.eventsub, subscription, message))
+
+    def set_delivery_policy(
+        self,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_delay: float | None = None,
+        failure_limit: int | None = None,
+    ) -> None:
+        """How deliveries go until ``reset()``: seconds a callback has to answer
+        (3), redeliveries of a message not answered 2xx in time (3), the first
+        one's delay in seconds, doubling after (0.05), and failed attempts in a
+        row that revoke the subscription (8)."""
+        current = self.eventsub.policy
+        policy = DeliveryPolicy(
+            timeout=current.timeout if timeout is None else float(timeout),
+            retries=current.retries if retries is None else int(retries),
+            retry_delay=(
+                current.retry_delay if retry_delay is None else float(retry_delay)
+            ),
+            failure_limit=(
+                current.failure_limit if failure_limit is None else int(failure_limit)
+            ),
+        )
+        if policy.timeout <= 0 or policy.retries < 0 or policy.failure_limit < 1:
+            raise ValueError("timeout > 0, retries >= 0 and failure_limit >= 1")
+        self.eventsub.policy = policy
+
+    def set_eventsub_limits(
+        self, max_total_cost: int | None = None, page_size: int | None = None
+    ) -> None:
+        """Until ``reset()``: the app's ``max_total_cost`` (10000) and how many
+        subscriptions Helix lists per page (100)."""
+        if max_total_cost is not None:
+            self.eventsub.max_total_cost = int(max_total_cost)
+        if page_size is not None:
+            if int(page_size) < 1:
+                raise ValueError("page_size must be at least 1")
+            self.eventsub.page_size = int(page_size)
+
+    def _event_for(self, subscription: webhooks.Subscription) -> dict[str, object]:
+        event: dict[str, object] = {}
+        for key, value in subscription.condition.items():
+            event[key] = value
+            if key.endswith("user_id"):
+                user = self.ledger.user_by_id(value)
+                prefix = key.removesuffix("_id")
+                event[f"{prefix}_login"] = user.login if user else None
+                event[f"{prefix}_name"] = user.display_name if user else None
+        return event
 
     def _user(self, login: str) -> SandboxUser:
         user = self.ledger.user_by_login(login)
@@ -434,7 +604,19 @@ class Sandbox:
     ) -> None:
         # One after the other, so deliveries are recorded in a stable order.
         for subscription, message in messages:
-            await webhooks.post(self.eventsub, subscription, message)
+            await eventsub_delivery.deliver(self.eventsub, subscription, message)
+
+    async def _deliver_all(
+        self, messages: list[tuple[webhooks.Subscription, WebhookMessage]]
+    ) -> list[Delivery]:
+        return list(
+            await asyncio.gather(
+                *(
+                    eventsub_delivery.deliver(self.eventsub, subscription, message)
+                    for subscription, message in messages
+                )
+            )
+        )
 
     def _on_loop(self, coroutine: Coroutine[object, object, T]) -> T:
         """Run ``coroutine`` on the sandbox's loop and wait for its result."""
@@ -515,8 +697,34 @@ class Sandbox:
         self.limits.auth.configure(limit)
 
     def clear_faults(self) -> None:
-        """Drop every pending fault; latency stays until reset or set to 0."""
+        """Drop every pending fault and ID token forgery; latency stays until
+        reset or set to 0."""
         self.faults.clear()
+        self.ledger.openid.clear_forgeries()
+
+    # OpenID Connect ---------------------------------------------------------
+
+    @property
+    def signing_key_id(self) -> str:
+        """The ``kid`` of the key that signs ID tokens now."""
+        return self.ledger.openid.signing_key_id
+
+    def rotate_signing_key(self, keep_old: bool = True) -> str:
+        """A new key signs ID tokens from now on; returns its ``kid``. With
+        ``keep_old`` the keys before it stay in ``/oauth2/keys`` (what a
+        provider does while tokens it signed are alive), without they are gone
+        at once."""
+        return self.ledger.openid.rotate(keep_old=bool(keep_old))
+
+    def forge_id_token(self, kind: str, times: int = 1) -> None:
+        """Spoil the next ``times`` ID tokens in one way, ``kind`` of
+        ``oidc.FORGERIES``: ``"unknown_key"``, ``"bad_signature"``,
+        ``"expired"``, ``"wrong_audience"``, ``"wrong_issuer"``,
+        ``"wrong_nonce"``, ``"missing_nonce"``, ``"non_digit_subject"``,
+        ``"missing"`` (no ``id_token`` at all), ``"alg_none"``, ``"hs256"``.
+        Only code exchanges for ``openid`` mint ID tokens, so nothing else
+        uses them up; ``clear_faults`` and ``reset`` drop them."""
+        self.ledger.openid.forge(kind, times)
 
     # Recording -----------------------------------------------------------
 
