@@ -9,4 +9,12 @@ class AccountsConfig(AppConfig):
     verbose_name = "Twitch connections"
 
     def ready(self) -> None:
-        from accounts import checks  # noqa: F401  (registers the system checks)
+        from accounts import (
+            checks,  # noqa: F401  (registers the system checks)
+            signals,
+        )
+        from accounts.eventsub import subscriptions
+
+        # EventSub subscriptions follow connections (after the answer).
+        signals.token_connected.connect(subscriptions.connected)
+        signals.token_revoked.connect(subscriptions.revoked)

@@ -384,3 +384,88 @@ def check_validation_interval(**kwargs: Any) -> list[checks.CheckMessage]:
             id="accounts.E010",
         )
     ]
+
+
+@checks.register()
+def check_eventsub_types(**kwargs: Any) -> list[checks.CheckMessage]:
+    """TWITCH_EVENTSUB_TYPES names known types whose connections the site asks
+    for, with the scopes Twitch wants for them."""
+    if not settings.TWITCH_EVENTSUB_TYPES.strip():
+        return []
+    from accounts.eventsub import catalogue
+
+    wanted, unknown = catalogue.parse(settings.TWITCH_EVENTSUB_TYPES)
+    messages: list[checks.CheckMessage] = []
+    if unknown:
+        known = sorted(
+            {t.name for t in catalogue.CATALOGUE.values()} - {catalogue.REVOKE}
+        )
+        messages.append(
+            checks.Error(
+                f"TWITCH_EVENTSUB_TYPES names types or versions the site does not "
+                f"know: {', '.join(unknown)}.",
+                hint=f"Known: {', '.join(known)} (as `type` or `type:version`).",
+                id="accounts.E014",
+            )
+        )
+    enabled = {role.name: role for role in roles.enabled_roles()}
+    for kind in wanted:
+        for party in kind.parties:
+            role = enabled.get(party.role)
+            if role is None:
+                messages.append(
+                    checks.Error(
+                        f"TWITCH_EVENTSUB_TYPES wants {kind.key}, which needs a "
+                        f"{party.role!r} connection, but that role is off.",
+                        hint="Set TWITCH_BOT_SCOPES (or declare the role) or drop "
+                        "the type.",
+                        id="accounts.E014",
+                    )
+                )
+                continue
+            asked = set(role.scopes) | set(role.optional_scopes)
+            if lacking := [s for s in party.scopes if s not in asked]:
+                messages.append(
+                    checks.Warning(
+                        f"{kind.key} needs {', '.join(lacking)} from the "
+                        f"{party.role!r} connection, which the site never asks for: "
+                        "no account will get it.",
+                        hint=f"Add {', '.join(lacking)} to the role's scopes "
+                        "(TWITCH_SCOPES for main, TWITCH_BOT_SCOPES for bot).",
+                        id="accounts.W014",
+                    )
+                )
+    return messages
+
+
+@checks.register()
+def check_eventsub_versions(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Twitch revoked a subscription with `version_removed`: the type's version
+    the site asks for is gone, and nothing arrives until it is changed."""
+    if not settings.TWITCH_EVENTSUB_CALLBACK_URL:
+        return []
+    from django.db import DatabaseError
+
+    from accounts.models import EventSubRevocation
+
+    try:
+        removed = sorted(
+            set(
+                EventSubRevocation.objects.filter(reason="version_removed").values_list(
+                    "subscription_type", "subscription_version"
+                )
+            )
+        )
+    except DatabaseError:
+        return []  # not migrated yet, or down: nothing to say
+    return [
+        checks.Error(
+            f"Twitch removed EventSub {kind} version {version} (version_removed): "
+            "its subscriptions are gone.",
+            hint="Use a version Twitch supports in TWITCH_EVENTSUB_TYPES (update the "
+            "site if its catalogue lacks it), run `manage.py eventsub subscribe`, "
+            "then delete the revocation in the admin.",
+            id="accounts.E015",
+        )
+        for kind, version in removed
+    ]

@@ -272,16 +272,66 @@ class AppToken(models.Model):
 
 
 class EventSubMessage(models.Model):
-    """An EventSub message the site has handled. Twitch delivers at least once, so
-    a message id seen before is answered and not handled again; every worker shares
-    this table. Rows older than the replay window are pruned as new ones arrive."""
+    """A message Twitch posted to the EventSub webhook: the site's inbox.
+
+    The webhook inserts the row (its only write) and answers; the message is
+    handled after the answer, and again later by `manage.py eventsub process`
+    while it fails or if the process died first. Twitch delivers at least once:
+    the digest is the primary key, so a message id seen before is answered and
+    not stored or handled again, by any worker. Handled rows are kept for
+    TWITCH_EVENTSUB_KEEP_DAYS for staff to read, then pruned."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting to be handled"
+        HANDLED = "handled", "Handled"
+        FAILED = "failed", "Failed; no more retries"
 
     # The SHA-256 of the message id (hex): ids of any length are compared whole.
     digest = models.CharField(max_length=64, primary_key=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    message_id = models.CharField(max_length=100, blank=True)
+    message_type = models.CharField(max_length=40, blank=True)
+    subscription_type = models.CharField(max_length=100, blank=True, db_index=True)
+    subscription_version = models.CharField(max_length=10, blank=True)
+    subscription_id = models.CharField(max_length=100, blank=True)
+    body = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # A lease: while it lies in the future one worker is handling the message.
+    claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    handled_at = models.DateTimeField(null=True, blank=True)
+    # Handlers (by name) that are done with it, so a retry runs only the others.
+    done = models.JSONField(default=list, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        verbose_name = "EventSub message"
+        indexes = [
+            models.Index(
+                fields=["status", "next_attempt_at"], name="eventsub_message_due"
+            )
+        ]
 
     def __str__(self) -> str:
-        return self.digest
+        kind = self.subscription_type or self.message_type or "message"
+        return f"{kind} {self.message_id or self.digest[:12]}"
+
+    @property
+    def event(self) -> dict:
+        event = (self.body or {}).get("event")
+        return event if isinstance(event, dict) else {}
+
+    @property
+    def condition(self) -> dict:
+        subscription = (self.body or {}).get("subscription")
+        condition = (
+            subscription.get("condition") if isinstance(subscription, dict) else None
+        )
+        return condition if isinstance(condition, dict) else {}
 
 
 class EventSubRevocation(models.Model):
@@ -290,6 +340,8 @@ class EventSubRevocation(models.Model):
 
     subscription_id = models.CharField(max_length=100)
     subscription_type = models.CharField(max_length=100)
+    subscription_version = models.CharField(max_length=10, blank=True)
+    condition = models.JSONField(default=dict, blank=True)
     reason = models.CharField(max_length=100)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
 

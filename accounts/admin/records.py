@@ -19,7 +19,12 @@ from accounts.admin.filters import (
     TokenRoleFilter,
     scope_list,
 )
-from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
+from accounts.models import (
+    EventSubMessage,
+    EventSubRevocation,
+    TokenEvent,
+    TwitchToken,
+)
 from accounts.roles import role_label
 
 
@@ -73,7 +78,7 @@ class EventSubRevocationAdmin(SafeLookups, admin.ModelAdmin):
 
     list_display = ["received_at", "subscription_type", "reason", "subscription_id"]
     list_filter = ["reason"]
-    fields = list_display
+    fields = [*list_display, "subscription_version", "condition"]
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -83,6 +88,66 @@ class EventSubRevocationAdmin(SafeLookups, admin.ModelAdmin):
         self, request: HttpRequest, obj: EventSubRevocation | None = None
     ) -> bool:
         return False
+
+
+@admin.register(EventSubMessage)
+class EventSubMessageAdmin(SafeLookups, admin.ModelAdmin):
+    """What Twitch sent to the webhook, kept TWITCH_EVENTSUB_KEEP_DAYS once
+    handled: whether it was handled, its retries, and the event itself. A
+    message given up on can be tried again (`manage.py eventsub process` does)."""
+
+    list_display = [
+        "received_at",
+        "message_type",
+        "subscription_type",
+        "status",
+        "attempts",
+        "last_error",
+        "message_id",
+    ]
+    list_filter = ["status", "message_type", "subscription_type"]
+    search_fields = ["=message_id", "=subscription_id"]
+    search_help_text = "Message id or subscription id."
+    fields = [
+        "received_at",
+        "message_id",
+        "message_type",
+        "subscription_type",
+        "subscription_version",
+        "subscription_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "handled_at",
+        "done",
+        "last_error",
+        "body",
+    ]
+    readonly_fields = fields
+    actions = ["retry_messages"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: EventSubMessage | None = None
+    ) -> bool:
+        # The retry action needs it (obj is None); a message is never edited.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.action(permissions=["change"], description="Handle selected messages again")
+    def retry_messages(
+        self, request: HttpRequest, queryset: QuerySet[EventSubMessage]
+    ) -> None:
+        count = queryset.exclude(status=EventSubMessage.Status.HANDLED).update(
+            status=EventSubMessage.Status.PENDING,
+            attempts=0,
+            next_attempt_at=None,
+            claimed_until=None,
+        )
+        self.message_user(
+            request, f"{count} message(s) will be handled at the next cron run."
+        )
 
 
 class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):

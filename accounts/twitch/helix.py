@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -27,6 +28,46 @@ async def list_eventsub_subscriptions(*, app_token: str) -> list[dict[str, Any]]
         if not cursor:
             break
     return subscriptions
+
+
+@dataclass(frozen=True)
+class SubscriptionListing:
+    """Every page of Get EventSub Subscriptions, and the app's totals."""
+
+    data: list[dict[str, Any]]
+    total: int
+    total_cost: int
+    max_total_cost: int
+
+
+@sensitive_variables()
+async def eventsub_listing(
+    *, app_token: str, user_id: str | None = None
+) -> SubscriptionListing:
+    """Every page (Twitch pages by 100, cursor in `pagination.cursor`); only the
+    subscriptions whose condition names `user_id` when given."""
+    data: list[dict[str, Any]] = []
+    body: dict[str, Any] = {}
+    cursor = ""
+    for _ in range(1000):
+        params = {"user_id": user_id} if user_id else {}
+        if cursor:
+            params["after"] = cursor
+        body = await _helix(
+            "GET", "eventsub/subscriptions", app_token=app_token, params=params or None
+        )
+        data.extend(_subscriptions(body))
+        cursor = str((body.get("pagination") or {}).get("cursor") or "")
+        if not cursor:
+            break
+
+    def number(name: str) -> int:
+        value = body.get(name)
+        return value if isinstance(value, int) else 0
+
+    return SubscriptionListing(
+        data, number("total"), number("total_cost"), number("max_total_cost")
+    )
 
 
 @sensitive_variables()

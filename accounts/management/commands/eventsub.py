@@ -1,14 +1,19 @@
-"""Manage the EventSub subscription that tells the site at once when a user
-disconnects the app on Twitch (`user.authorization.revoke`).
+"""Keep the site's EventSub subscriptions in step with what it wants, and handle
+the messages the webhook kept.
 
-    manage.py eventsub status       # every subscription of this application
-    manage.py eventsub subscribe    # create ours, unless a live one exists
+    manage.py eventsub status       # Twitch's list, costs, what is missing and why
+    manage.py eventsub subscribe    # create what is missing, delete what is not wanted
     manage.py eventsub subscribe --replace  # after changing TWITCH_EVENTSUB_SECRET
-    manage.py eventsub unsubscribe  # delete ours
+    manage.py eventsub unsubscribe  # delete this site's subscriptions
+    manage.py eventsub process      # handle what is not handled yet (cron, each minute)
 
-Twitch calls the webhook at TWITCH_EVENTSUB_CALLBACK_URL (HTTPS, port 443) to verify
-it before the subscription is enabled. Exit status: 0 done, 1 Twitch failed or the
-verification did not succeed, 2 bad arguments or EventSub not configured.
+What is wanted: `user.authorization.revoke` for the application, and each type of
+TWITCH_EVENTSUB_TYPES for every connected account that has granted its scopes.
+Twitch calls the webhook at TWITCH_EVENTSUB_CALLBACK_URL (HTTPS, port 443) to
+verify each new subscription before enabling it; `subscribe` waits for that.
+
+Exit status: 0 done; 1 Twitch failed, refused a subscription or did not verify
+the callback, or a message was given up; 2 bad arguments or EventSub not configured.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from accounts.eventsub import inbox, tasks
 from accounts.eventsub import subscriptions as eventsub
 
 # How long `subscribe` waits for Twitch to verify the callback.
@@ -26,23 +32,31 @@ VERIFICATION_WAIT = 15.0  # seconds
 
 class Command(BaseCommand):
     help = (
-        "Manage the user.authorization.revoke EventSub subscription: status, "
-        "subscribe (idempotent), unsubscribe. Exit status: 0 done, 1 Twitch failed "
-        "or did not verify the callback, 2 bad arguments or EventSub not configured."
+        "EventSub: status, subscribe (idempotent: create what is wanted, delete "
+        "what is not), unsubscribe, process (handle kept messages; cron). Exit "
+        "status: 0 done, 1 Twitch failed, refused or did not verify, or a message "
+        "was given up; 2 bad arguments or EventSub not configured."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "action",
-            choices=["status", "subscribe", "unsubscribe"],
-            help="status: list subscriptions; subscribe: create ours unless a live "
-            "one exists; unsubscribe: delete ours.",
+            choices=["status", "subscribe", "unsubscribe", "process"],
+            help="status: list subscriptions, costs and what is missing; subscribe: "
+            "make Twitch's list match what is wanted; unsubscribe: delete ours; "
+            "process: handle messages not handled yet.",
         )
         parser.add_argument(
             "--replace",
             action="store_true",
             help="With subscribe: delete ours and subscribe again (after changing "
             "TWITCH_EVENTSUB_SECRET; Twitch never says which secret it signs with).",
+        )
+        parser.add_argument(
+            "--limit",
+            type=int,
+            default=None,
+            help="With process: handle at most this many messages.",
         )
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
@@ -52,59 +66,115 @@ class Command(BaseCommand):
                 "TWITCH_EVENTSUB_SECRET (see `manage.py check`).",
                 returncode=2,
             )
+        verbosity = options["verbosity"]
         try:
             if action == "subscribe":
-                self.subscribe(
-                    verbosity=options["verbosity"], replace=options["replace"]
-                )
+                self.subscribe(verbosity=verbosity, replace=options["replace"])
+            elif action == "process":
+                self.process(verbosity=verbosity, limit=options["limit"])
             else:
-                getattr(self, action)(verbosity=options["verbosity"])
+                getattr(self, action)(verbosity=verbosity)
         except eventsub.TwitchError as error:
             raise CommandError(f"Twitch failed: {error}", returncode=1) from None
 
     def status(self, *, verbosity: int) -> None:
-        subscriptions = eventsub.run(eventsub.subscriptions)
-        for subscription in subscriptions:
-            callback = (subscription.get("transport") or {}).get("callback", "")
+        listed, wanted, missing = eventsub.run(eventsub.status)
+        for subscription in listed.data:
+            mark = "" if eventsub.is_ours(subscription) else "  (another callback)"
             self.stdout.write(
-                f"{subscription.get('id')}  {subscription.get('type')}  "
-                f"{subscription.get('status')}  {callback}"
+                f"{subscription.get('id')}  {subscription.get('type')} "
+                f"v{subscription.get('version')}  {subscription.get('status')}  "
+                f"cost {subscription.get('cost', 0)}  "
+                f"{_condition(subscription.get('condition'))}{mark}"
             )
-        self.stdout.write(f"{len(subscriptions)} subscription(s)")
+        for one in missing:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"missing: {one.type.key} for {one.who}: {one.reason}"
+                )
+            )
+        self.stdout.write(
+            f"{len(listed.data)} subscription(s), cost {listed.total_cost} of "
+            f"max_total_cost {listed.max_total_cost}; {len(wanted)} wanted, "
+            f"{len(missing)} missing"
+        )
 
     def subscribe(self, *, verbosity: int, replace: bool) -> None:
-        subscription, created = eventsub.run(
-            lambda: eventsub.subscribe(replace=replace)
-        )
+        outcome = eventsub.run(lambda: eventsub.reconcile(replace=replace))
+        created = {s["id"]: s for s in outcome.created}
         deadline = time.monotonic() + VERIFICATION_WAIT
         while (
-            subscription.get("status") == "webhook_callback_verification_pending"
+            any(s.get("status") in _PENDING for s in created.values())
             and time.monotonic() < deadline
         ):
             time.sleep(0.2)
-            subscription = next(
-                (
-                    s
-                    for s in eventsub.run(eventsub.subscriptions)
-                    if s.get("id") == subscription.get("id")
-                ),
-                {"status": "gone"},
-            )
-        status = subscription.get("status")
-        verb = "subscribed" if created else "already subscribed"
-        if status != "enabled":
+            listed = {s.get("id"): s for s in eventsub.run(eventsub.listing).data}
+            created = {i: listed.get(i, {"id": i, "status": "gone"}) for i in created}
+        unverified = [s for s in created.values() if s.get("status") != "enabled"]
+        if verbosity >= 2:
+            for subscription in created.values():
+                self.stdout.write(
+                    f"created {subscription.get('id')} {subscription.get('type')} "
+                    f"{subscription.get('status')}"
+                )
+        for one in outcome.missing:
+            if verbosity >= 1:
+                self.stdout.write(
+                    self.style.WARNING(
+                        f"missing: {one.type.key} for {one.who}: {one.reason}"
+                    )
+                )
+        for one, reason in outcome.refused:
+            self.stderr.write(f"refused: {one.type.key} for {one.who}: {reason}")
+        summary = (
+            f"{len(created)} created, {len(outcome.kept)} already there, "
+            f"{len(outcome.deleted)} deleted, {len(outcome.missing)} missing"
+        )
+        if unverified:
+            statuses = ", ".join(sorted({str(s.get("status")) for s in unverified}))
             raise CommandError(
-                f"{verb}, but the subscription is {status}: Twitch could not verify "
-                "TWITCH_EVENTSUB_CALLBACK_URL (is the site reachable there over "
-                "HTTPS, with the same TWITCH_EVENTSUB_SECRET?).",
+                f"{summary}; but {len(unverified)} subscription(s) are {statuses}: "
+                "Twitch could not verify TWITCH_EVENTSUB_CALLBACK_URL (is the site "
+                "reachable there over HTTPS, with the same TWITCH_EVENTSUB_SECRET?).",
                 returncode=1,
             )
-        if verbosity >= 1:
-            self.stdout.write(
-                self.style.SUCCESS(f"{verb}: {subscription.get('id')} {status}")
+        if outcome.refused:
+            raise CommandError(
+                f"{summary}; Twitch refused {len(outcome.refused)}", returncode=1
             )
+        if verbosity >= 1:
+            self.stdout.write(self.style.SUCCESS(summary))
 
     def unsubscribe(self, *, verbosity: int) -> None:
         deleted = eventsub.run(eventsub.unsubscribe)
         if verbosity >= 1:
             self.stdout.write(self.style.SUCCESS(f"deleted {deleted} subscription(s)"))
+
+    def process(self, *, verbosity: int, limit: int | None) -> None:
+        imported = inbox.import_spool()
+
+        async def handle_due() -> dict[str, int]:
+            counts = await inbox.handle_due(limit=limit)
+            await tasks.finish_background_work()  # what handling started
+            return counts
+
+        counts = eventsub.run(handle_due)
+        pruned = inbox.prune()
+        summary = (
+            f"{counts['handled']} handled, {counts['retrying']} to retry, "
+            f"{counts['failed']} given up; {imported} from the spool, "
+            f"{pruned} old pruned"
+        )
+        if counts["failed"]:
+            raise CommandError(summary, returncode=1)
+        if verbosity >= 1:
+            self.stdout.write(self.style.SUCCESS(summary))
+
+
+_PENDING = ("webhook_callback_verification_pending",)
+
+
+def _condition(condition: object) -> str:
+    if not isinstance(condition, dict):
+        return ""
+    return " ".join(f"{k}={v}" for k, v in sorted(condition.items()))

@@ -1,0 +1,50 @@
+"""Work started after the webhook or a connection has been answered: handling a
+message, creating or deleting subscriptions. Each piece is also finished by
+`manage.py eventsub process` or `subscribe` if this process ends first."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Strong references: the event loop keeps only weak ones to its tasks.
+_running: set[asyncio.Task[Any]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, Any]) -> None:
+    """Run `work` after the answer. In a context of its own: the request's would
+    tie its sync calls to the request's thread (twitchauth_site/asgi.py)."""
+    task = asyncio.get_running_loop().create_task(
+        _logged(work), context=contextvars.Context()
+    )
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+
+
+async def _logged(work: Coroutine[Any, Any, Any]) -> None:
+    try:
+        await work
+    except Exception as error:
+        # Left for `eventsub process` / `subscribe`; the class only, never a text
+        # that might quote a credential.
+        logger.warning(
+            "EventSub background work failed (%s); cron finishes it",
+            type(error).__name__,
+        )
+
+
+async def finish_background_work() -> None:
+    """Wait for work started in the background (tests; a graceful shutdown)."""
+    while _running:
+        await asyncio.gather(*_running, return_exceptions=True)
+
+
+def cancel_background_work() -> None:
+    """Drop work not done yet, as a process that dies does (tests)."""
+    for task in list(_running):
+        task.cancel()
