@@ -1,15 +1,21 @@
 """The Connect flow under a crowd: how close the OAuth callback comes to its floor.
 
 Each flow is what a person does: POST /twitch/connect/, approve on Twitch's consent
-page, GET /twitch/callback/ (timed). The callback makes two round trips to Twitch
-(code exchange, validation), so with L seconds of latency upstream it cannot answer
-faster than 2 L: the floor. With the consent page, a person waits for three answers
-from Twitch a flow, so K people make at most K / 3L flows a second ("of max"). The
+page, GET /twitch/callback/ (timed). With OpenID Connect (the default, "trips 1")
+the callback makes one round trip to Twitch before it answers (the code exchange,
+whose ID token names the user; validation follows the answer); without it
+("trips 2", TWITCH_OPENID_CONNECT=False, the floor of every site that asks Twitch
+who the user is) two: the code exchange, then validation. With L seconds of latency
+upstream it cannot answer faster than trips x L: the floor. With the consent page, a
+person waits for 1 + trips answers from Twitch a flow, so K people make at most
+K / ((1 + trips) L) flows a second ("of max"). The
 site runs as deployed (uvicorn, W workers, DEBUG off) on SQLite or PostgreSQL; K
 signed-in users go through the flow again and again for a while, and the site's CPU
 per flow is read from /proc of its worker processes.
 
-    python bench/callback.py                          # K 1, 16, 64; L 0, 100 ms; W 2
+    python bench/callback.py                          # K 1, 16, 64; L 0, 100 ms; W 2;
+                                                      # one and two round trips
+    python bench/callback.py --round-trips 1 -k 16 --latency 0.1 --repeat 3
     python bench/callback.py -k 16 --latency 0.1 --seconds 20
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench python bench/callback.py
     python bench/callback.py --repeat 3 --seconds 10  # each setting 3 times, medians
@@ -69,6 +75,12 @@ def main() -> None:
         "--smoke", action="store_true", help="K 4, three flows each; fail on errors"
     )
     parser.add_argument(
+        "--round-trips",
+        choices=["1", "2", "both"],
+        default="both",
+        help="the callback with OpenID Connect (1), without (2), or both (default)",
+    )
+    parser.add_argument(
         "--reference",
         action="store_true",
         help="serve bench/reference_site.py instead: the practical ceiling",
@@ -96,53 +108,97 @@ def main() -> None:
             + ["--auth-rate-limit", "off"],
             env,
         )
-        server = _start(
-            [sys.executable, "-m", "uvicorn", app, *app_dir]
-            + ["--port", str(site_port), "--workers", str(args.workers)]
-            + ["--log-level", "warning", "--no-access-log"],
-            env,
+        # The reference site makes the two round trips.
+        trips_each = (
+            [2]
+            if args.reference
+            else {"1": [1], "2": [2], "both": [1, 2]}[args.round_trips]
         )
+        print(
+            f"{'K':>3} {'L ms':>5} {'W':>2} {'database':>10} {'trips':>5} "
+            f"{'flows':>6} {'flows/s':>7} {'of max':>6} {'p50 ms':>7} {'p95 ms':>7} "
+            f"{'p99 ms':>7} "
+            f"{'p99/floor':>9} {'errors':>6} {'CPU ms/flow':>11} "
+            f"{'sandbox ms':>10} {'driver ms':>9}"
+        )
+        failed = False
         try:
             _wait_until_listening(sandbox_port)
-            _wait_until_listening(site_port)
-            print(
-                f"{'K':>3} {'L ms':>5} {'W':>2} {'database':>10} {'flows':>6} "
-                f"{'flows/s':>7} {'of max':>6} {'p50 ms':>7} {'p95 ms':>7} "
-                f"{'p99 ms':>7} "
-                f"{'p99/floor':>9} {'errors':>6} {'CPU ms/flow':>11} "
-                f"{'sandbox ms':>10} {'driver ms':>9}"
-            )
-            failed = False
-            for k in users:
-                for latency in latencies:
-                    rows = []
-                    for _ in range(args.repeat):
-                        flows, wall, result, cpu, others = asyncio.run(
-                            _measure(
-                                site=site,
-                                sandbox=sandbox_base,
-                                server=server,
-                                sandbox_process=sandbox,
-                                users=k,
-                                latency=latency,
-                                seconds=args.seconds,
-                                flows_each=3 if args.smoke else None,
-                            )
+            for trips in trips_each:
+                served = dict(env, TWITCH_OPENID_CONNECT=str(trips == 1))
+                server = _start(
+                    [sys.executable, "-m", "uvicorn", app, *app_dir]
+                    + ["--port", str(site_port), "--workers", str(args.workers)]
+                    + ["--log-level", "warning", "--no-access-log"],
+                    served,
+                )
+                try:
+                    _wait_until_listening(site_port)
+                    setting = Setting(args.workers, database, trips)
+                    failed = (
+                        _grid(
+                            args,
+                            users,
+                            latencies,
+                            setting,
+                            site,
+                            sandbox_base,
+                            server,
+                            sandbox,
                         )
-                        failed = failed or bool(result.errors) or not flows
-                        rows.append(_row(flows, wall, result, cpu, others))
-                        _print_row(k, latency, args.workers, database, rows[-1])
-                    if len(rows) > 1:
-                        median = _median(rows)
-                        _print_row(
-                            k, latency, args.workers, database, median, "  median"
-                        )
+                        or failed
+                    )
+                finally:
+                    server.terminate()
+                    server.wait(timeout=30)
         finally:
-            for process in (server, sandbox):
-                process.terminate()
-                process.wait(timeout=30)
+            sandbox.terminate()
+            sandbox.wait(timeout=30)
     if args.smoke and failed:
         sys.exit("the smoke run had errors")
+
+
+@dataclass(frozen=True)
+class Setting:
+    workers: int
+    database: str
+    trips: int  # round trips to Twitch before the callback answers
+
+
+def _grid(
+    args: argparse.Namespace,
+    users: list[int],
+    latencies: list[float],
+    setting: Setting,
+    site: str,
+    sandbox_base: str,
+    server: subprocess.Popen,
+    sandbox: subprocess.Popen,
+) -> bool:
+    """Every K and L against one served site; whether any run failed."""
+    failed = False
+    for k in users:
+        for latency in latencies:
+            rows = []
+            for _ in range(args.repeat):
+                flows, wall, result, cpu, others = asyncio.run(
+                    _measure(
+                        site=site,
+                        sandbox=sandbox_base,
+                        server=server,
+                        sandbox_process=sandbox,
+                        users=k,
+                        latency=latency,
+                        seconds=args.seconds,
+                        flows_each=3 if args.smoke else None,
+                    )
+                )
+                failed = failed or bool(result.errors) or not flows
+                rows.append(_row(flows, wall, result, cpu, others))
+                _print_row(k, latency, setting, rows[-1])
+            if len(rows) > 1:
+                _print_row(k, latency, setting, _median(rows), "  median")
+    return failed
 
 
 async def _measure(
@@ -296,17 +352,22 @@ def _median(rows: list[Row]) -> Row:
 
 
 def _print_row(
-    k: int, latency: float, workers: int, database: str, row: Row, label: str = ""
+    k: int, latency: float, setting: Setting, row: Row, label: str = ""
 ) -> None:
-    floor = 2 * latency
+    floor = setting.trips * latency
     ratio = f"{row.p99 / floor:>9.2f}" if floor else f"{'-':>9}"
-    # A person waits for three answers from Twitch a flow (consent page, code
-    # exchange, validation), so K people make at most K / 3L flows a second.
+    # A person waits for 1 + trips answers from Twitch a flow (the consent page,
+    # then the callback's round trips), so K people make at most K / ((1 + trips) L)
+    # flows a second.
+    waits = 1 + setting.trips
     share = (
-        f"{row.flows_per_second * 3 * latency / k:>6.0%}" if latency else f"{'-':>6}"
+        f"{row.flows_per_second * waits * latency / k:>6.0%}"
+        if latency
+        else f"{'-':>6}"
     )
     print(
-        f"{k:>3} {latency * 1000:>5.0f} {workers:>2} {database:>10} {row.flows:>6.0f} "
+        f"{k:>3} {latency * 1000:>5.0f} {setting.workers:>2} {setting.database:>10} "
+        f"{setting.trips:>5} {row.flows:>6.0f} "
         f"{row.flows_per_second:>7.1f} {share} {row.p50 * 1000:>7.0f} "
         f"{row.p95 * 1000:>7.0f} "
         f"{row.p99 * 1000:>7.0f} {ratio} {row.errors:>6.0f} "

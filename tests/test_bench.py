@@ -11,19 +11,20 @@ from tests.conftest import BASE_DIR
 
 
 def test_the_callback_benchmark_runs_four_people_through_connect_without_errors():
-    row = _smoke_row()
-    assert row[0] == "4" and int(row[4]) == 12  # K, flows
-    assert row[11] == "0"  # errors
+    one_trip, two_trips = _smoke_rows()[-2:]
+    for row, trips in ((one_trip, "1"), (two_trips, "2")):
+        assert row[0] == "4" and row[4] == trips and int(row[5]) == 12  # K, flows
+        assert row[12] == "0"  # errors
 
 
 def test_the_reference_site_runs_the_same_flows_for_the_ceiling():
-    row = _smoke_row("--reference")
-    assert row[3] == "reference" and int(row[4]) == 12  # "database", flows
-    assert row[11] == "0"  # errors
+    row = _smoke_rows("--reference")[-1]
+    assert row[3] == "reference" and int(row[5]) == 12  # "database", flows
+    assert row[12] == "0"  # errors
 
 
-def _smoke_row(*options: str) -> list[str]:
-    """The last row `bench/callback.py --smoke` prints, split into its columns."""
+def _smoke_rows(*options: str) -> list[list[str]]:
+    """The rows `bench/callback.py --smoke` prints, split into their columns."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     run = subprocess.run(
         [sys.executable, "bench/callback.py", "--smoke", *options],
@@ -34,4 +35,4 @@ def _smoke_row(*options: str) -> list[str]:
         timeout=120,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    return run.stdout.strip().splitlines()[-1].split()
+    return [line.split() for line in run.stdout.strip().splitlines()]

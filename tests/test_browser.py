@@ -189,8 +189,14 @@ async def test_a_connection_revoked_on_twitch_shows_connect_twitch_again(
     await page.click("button[value=authorize]")
     await page.wait_for_selector("text=Connected as ginastreams on Twitch.")
 
-    # Gina removes the site under Connections on Twitch; Twitch tells the site.
+    # Gina removes the site under Connections on Twitch; Twitch tells the site,
+    # which answers first and ends the connection just after.
     await asyncio.to_thread(sandbox.disconnect_user, "ginastreams")
+    for _ in range(200):
+        token = await TwitchToken.objects.aget(login="ginastreams")
+        if token.status == TwitchToken.Status.REVOKED:
+            break
+        await asyncio.sleep(0.05)
     await page.reload()
 
     await page.wait_for_selector("button:has-text('Connect Twitch')")
@@ -231,3 +237,26 @@ async def test_a_streamer_connects_their_account_and_their_bot_then_drops_the_bo
         async for t in TwitchToken.objects.filter(user__username="hana")
     }
     assert held == {"main": "active", "bot": "revoked"}
+
+
+async def test_a_linked_person_signs_in_with_twitch_in_a_browser(
+    site, sandbox, browser, django_user_model
+):
+    from tests.conftest import make_token
+
+    ivy = await django_user_model.objects.acreate_user("ivy", password="pw")
+    twitch_id = sandbox.add_user("ivystreams").id
+    await sync_to_async(make_token)(
+        ivy, sandbox, login="ivystreams", twitch_user_id=twitch_id
+    )
+    page = await new_page(browser)
+    await page.goto(f"{site}/")  # the login page, since nobody is signed in
+
+    await page.click("text=Sign in with Twitch")
+    await page.fill("input[name=login]", "ivystreams")
+    await page.click("button[value=authorize]")
+
+    await page.wait_for_selector("text=Your Twitch connection")
+    assert "ivy" in await page.inner_text("header")
+    assert "Connected as ivystreams" in await page.inner_text("main")
+    await assert_no_csp_violations(page)

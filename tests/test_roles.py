@@ -49,8 +49,8 @@ async def test_a_person_connects_their_own_account_and_their_bot(alice_client, s
         "main": "alicestreams",
         "bot": "alicebot",
     }
-    assert held["main"].scopes == ["chat:read", "chat:edit"]
-    assert held["bot"].scopes == BOT_SCOPES
+    assert held["main"].scopes == ["chat:read", "chat:edit", "openid"]
+    assert held["bot"].scopes == [*BOT_SCOPES, "openid"]
     # Both grants live at Twitch side by side, each its own.
     for token in held.values():
         assert sandbox.is_refresh_token_valid(token.refresh_token)
@@ -63,8 +63,9 @@ async def test_the_authorize_request_asks_for_the_roles_scopes_only(alice_client
     main = await start_connect(alice_client)
     bot = await start_connect(alice_client, role="bot")
 
-    assert main["scope"] == "chat:read chat:edit"
-    assert bot["scope"] == " ".join(BOT_SCOPES)
+    # Each with openid: the callback learns the account from the ID token.
+    assert main["scope"] == "chat:read chat:edit openid"
+    assert bot["scope"] == " ".join([*BOT_SCOPES, "openid"])
     # The browser is most likely signed in to the person's own account: Twitch is
     # asked to show the consent page, where they can pick the bot's.
     assert bot["force_verify"] == "true"
@@ -227,8 +228,13 @@ async def test_a_roles_optional_scopes_are_its_own(alice_client, settings):
     assert (await connections())["bot"].scopes == [
         *BOT_SCOPES,
         "moderator:manage:banned_users",
+        "openid",
     ]
-    assert again["scope"].split() == [*BOT_SCOPES, "moderator:manage:banned_users"]
+    assert again["scope"].split() == [
+        *BOT_SCOPES,
+        "moderator:manage:banned_users",
+        "openid",
+    ]
 
 
 async def test_a_role_declared_in_settings_works_like_the_others(
@@ -240,7 +246,10 @@ async def test_a_role_declared_in_settings_works_like_the_others(
 
     await connect_twitch(alice_client, login="aliceeditor", role="editor")
 
-    assert (await connections())["editor"].scopes == ["channel:manage:broadcast"]
+    assert (await connections())["editor"].scopes == [
+        "channel:manage:broadcast",
+        "openid",
+    ]
     assert "Your editor account" in page(await alice_client.get("/"))
 
 

@@ -73,6 +73,7 @@ async def test_a_page_may_ask_for_optional_scopes_on_top(
         "chat:read",
         "chat:edit",
         "user:bot",
+        "openid",
     ]
 
 

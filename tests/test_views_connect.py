@@ -33,7 +33,8 @@ async def test_the_whole_happy_path_names_the_connected_login(alice_client, sand
     token = await TwitchToken.objects.aget(user__username="alice")
     assert token.login == "alicestreams"
     assert token.status == TwitchToken.Status.ACTIVE
-    assert token.scopes == ["chat:read", "chat:edit"]
+    # What Twitch granted: openid too (OpenID Connect names the account).
+    assert token.scopes == ["chat:read", "chat:edit", "openid"]
     assert sandbox.is_refresh_token_valid(token.refresh_token)
     assert sandbox.user_for_access_token(token.access_token).login == "alicestreams"
     home = await alice_client.get("/")
@@ -65,7 +66,7 @@ async def test_connect_sends_the_configured_client_scopes_and_a_long_random_stat
     assert query["client_id"] == "sandbox-client-id"
     assert query["redirect_uri"] == "http://testserver/twitch/callback/"
     assert query["response_type"] == "code"
-    assert query["scope"] == "chat:read chat:edit"
+    assert query["scope"] == "chat:read chat:edit openid"
     assert len(query["state"]) >= 43  # 256 bits in url-safe base64
     assert query["state"] != (await start_connect(alice_client))["state"]
 
@@ -318,6 +319,7 @@ async def test_no_scopes_means_a_token_answer_without_scope_and_null_scopes(
     alice_client, sandbox, settings
 ):
     settings.TWITCH_SCOPES = []
+    settings.TWITCH_OPENID_CONNECT = False  # else `openid` is granted
 
     response = await connect_twitch(alice_client, login="alicestreams")
 

@@ -71,8 +71,11 @@ async def test_free_text_from_the_callback_url_is_never_shown(alice_client):
     ],
 )
 async def test_twitch_failures_show_a_clear_page_store_nothing_and_a_retry_works(
-    alice_client, sandbox, endpoint, fault
+    alice_client, sandbox, settings, endpoint, fault
 ):
+    if endpoint == "validate":
+        # Only a callback without OpenID Connect waits for validation.
+        settings.TWITCH_OPENID_CONNECT = False
     sandbox.fail(endpoint, times=1, **fault)
 
     response = await connect_twitch(alice_client, login="alicestreams")
@@ -228,8 +231,11 @@ def assert_grant_revoked(sandbox, login: str) -> None:
     ],
 )
 async def test_a_failed_validation_after_the_exchange_revokes_the_new_grant(
-    alice_client, sandbox, fault
+    alice_client, sandbox, settings, fault
 ):
+    # Without OpenID Connect the callback validates before it answers (with it,
+    # after: tests/test_oidc_connect.py).
+    settings.TWITCH_OPENID_CONNECT = False
     fault(sandbox)
 
     response = await connect_twitch(alice_client, login="alicestreams")
@@ -262,12 +268,13 @@ async def test_a_code_answer_with_unreadable_scopes_connects_with_validated_ones
 
     assert response.status_code == 302
     token = await TwitchToken.objects.aget(login="alicestreams")
-    assert token.scopes == ["chat:read", "chat:edit"]  # as validation says
+    assert token.scopes == ["chat:read", "chat:edit", "openid"]  # as validated
 
 
 async def test_a_validation_that_hangs_revokes_the_new_grant(
-    alice_client, sandbox, short_timeout
+    alice_client, sandbox, settings, short_timeout
 ):
+    settings.TWITCH_OPENID_CONNECT = False  # else validated after the answer
     sandbox.hang("validate", times=1)
 
     response = await connect_twitch(alice_client, login="alicestreams")

@@ -221,6 +221,14 @@ TWITCH_BOT_OPTIONAL_SCOPES = env.str("TWITCH_BOT_OPTIONAL_SCOPES", default="").s
 # Further roles, declared here (accounts/roles.py shows the shape), e.g.
 # {"editor": {"label": "Editor account", "scopes": ["channel:manage:broadcast"]}}.
 TWITCH_EXTRA_ROLES: dict[str, dict[str, object]] = {}
+# OpenID Connect: Connect also asks for `openid`, and the callback learns who the
+# user is from the verified ID token: one round trip to Twitch before the answer,
+# not two. Off only to compare (bench/callback.py) or for a Twitch stand-in without
+# it; Sign in with Twitch needs it.
+TWITCH_OPENID_CONNECT = env.bool("TWITCH_OPENID_CONNECT", default=True)
+# Sign in with Twitch (for accounts already linked) refuses staff and superusers
+# unless this is on: a Twitch account must not become a way into /admin.
+TWITCH_SIGNIN_STAFF = env.bool("TWITCH_SIGNIN_STAFF", default=False)
 TWITCH_AUTH_BASE_URL = env.str(
     "TWITCH_AUTH_BASE_URL", default="https://id.twitch.tv/oauth2/"
 )
@@ -232,6 +240,14 @@ TWITCH_API_BASE_URL = env.str(
 # secret (10-100 ASCII characters) signs every message Twitch sends.
 TWITCH_EVENTSUB_CALLBACK_URL = env.str("TWITCH_EVENTSUB_CALLBACK_URL", default="")
 TWITCH_EVENTSUB_SECRET = env.str("TWITCH_EVENTSUB_SECRET", default="")
+# The EventSub types the site wants for every connected account, space-separated,
+# `type` or `type:version` (accounts/eventsub/catalogue.py lists the known ones):
+# e.g. "stream.online stream.offline channel.update:2". user.authorization.revoke
+# is always subscribed while EventSub is on.
+TWITCH_EVENTSUB_TYPES = env.str("TWITCH_EVENTSUB_TYPES", default="")
+# Days a received EventSub message stays in the admin (and known, against a
+# redelivery) once handled.
+TWITCH_EVENTSUB_KEEP_DAYS = env.int("TWITCH_EVENTSUB_KEEP_DAYS", default=7)
 
 # Fernet keys for the tokens at rest: the first encrypts, every key decrypts.
 TOKEN_ENCRYPTION_KEYS = env.list("TOKEN_ENCRYPTION_KEYS", default=[])

@@ -1,5 +1,7 @@
 """Connecting a Twitch account: which scopes to ask for, and storing the grant the
-callback's code brings (the code exchange, then validation)."""
+callback's code brings (the code exchange and its verified ID token, validation
+right after the answer; or, without OpenID Connect, the code exchange, then
+validation)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from collections.abc import Coroutine
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError
 from django.db.models import QuerySet
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
@@ -64,42 +68,200 @@ class AlreadyLinked(Exception):
 
 @sensitive_variables()
 async def connect(
-    *, user: AbstractBaseUser, code: str, role: str = DEFAULT_ROLE
+    *,
+    user: AbstractBaseUser,
+    code: str,
+    role: str = DEFAULT_ROLE,
+    nonce: str | None = None,
 ) -> TwitchToken:
     """Exchange the code, learn whose token it is and store it as `user`'s
     connection in `role`.
 
-    Exactly two round trips to Twitch: the code exchange, then validation (which
-    names the Twitch account). Raises `twitch.TwitchError`, `AlreadyLinked` or
-    `DatabaseError`; in every case nothing is stored, and a grant Twitch issued is
-    revoked rather than left alive with nobody holding it.
+    With OpenID Connect (`nonce`: the one the authorize request sent), one round
+    trip to Twitch: the code exchange, whose verified ID token names the account;
+    the new access token is validated right after the answer (`_validate_new`).
+    Without, two: the code exchange, then validation. Raises `twitch.TwitchError`
+    (`twitch.InvalidIdToken` among them), `AlreadyLinked` or `DatabaseError`; in
+    every case nothing is stored, and a grant Twitch issued is revoked rather than
+    left alive with nobody holding it.
     """
     grant = await twitch.exchange_code(code)
+    if nonce is None:
+        return await keep_grant(user=user, role=role, grant=grant)
     try:
-        info = await twitch.validate(grant.access_token)
-        # A transaction (the async ORM has none yet): on Django's sync thread.
-        token, replaced = await sync_to_async(store_connection)(
-            user=user, role=role, grant=grant, info=info
+        identity = await twitch.verify_id_token(
+            grant.id_token, client_id=settings.TWITCH_CLIENT_ID, nonce=nonce
         )
     except BaseException:
-        # Whatever went wrong (Twitch, the database, the request cancelled), we
-        # will not hold this token, so Twitch need not keep it alive either.
+        await twitch.revoke_quietly(grant.access_token)
+        raise
+    if not identity.login or grant.scopes is None or grant.expires_in is None:
+        # What only validation can tell (the login behind a display name that is
+        # none, scopes or expiry Twitch left out): ask it before answering.
+        return await keep_grant(
+            user=user, role=role, grant=grant, user_id=identity.user_id
+        )
+    described = twitch.TokenInfo(
+        user_id=identity.user_id,
+        login=identity.login,
+        scopes=grant.scopes,
+        expires_in=grant.expires_in,
+        client_id=settings.TWITCH_CLIENT_ID,  # the ID token's audience, verified
+    )
+    token = await _keep(user=user, role=role, grant=grant, info=described)
+    # Twitch requires validating a new token; the user need not wait for it. If
+    # the process stops first, the next `refresh_tokens` run validates it (it was
+    # never validated: `last_validated_at` is empty).
+    in_background(_validate_new(token, grant.access_token))
+    return token
+
+
+@sensitive_variables()
+async def keep_grant(
+    *,
+    user: AbstractBaseUser,
+    role: str,
+    grant: twitch.TokenGrant,
+    source: str = TokenEvent.Source.USER,
+    user_id: str | None = None,
+) -> TwitchToken:
+    """Validate a new grant (which names its Twitch account: `user_id` when an ID
+    token already did) and store it as `user`'s connection in `role`: for the
+    browser's callback and for `manage.py connect_twitch` (the device code grant)
+    alike. Raises as `connect` does, with the grant revoked."""
+    try:
+        info = await twitch.validate(grant.access_token)
+        if user_id is not None and info.user_id != user_id:
+            raise twitch.TwitchUnavailable(
+                "Twitch's validation names another account than its ID token."
+            )
+    except BaseException:
+        await twitch.revoke_quietly(grant.access_token)
+        raise
+    return await _keep(
+        user=user, role=role, grant=grant, info=info, source=source, validated=True
+    )
+
+
+@sensitive_variables()
+async def _keep(
+    *,
+    user: AbstractBaseUser,
+    role: str,
+    grant: twitch.TokenGrant,
+    info: twitch.TokenInfo,
+    source: str = TokenEvent.Source.USER,
+    validated: bool = False,
+) -> TwitchToken:
+    """Store the connection `info` describes, end the one it replaces, announce it."""
+    try:
+        # A transaction (the async ORM has none yet): on Django's sync thread.
+        token, replaced = await sync_to_async(_store_connection)(
+            user=user,
+            role=role,
+            grant=grant,
+            info=info,
+            source=source,
+            validated=validated,
+        )
+    except BaseException:
+        # Whatever went wrong (the database, the request cancelled), we will not
+        # hold this token, so Twitch need not keep it alive either.
         await twitch.revoke_quietly(grant.access_token)
         raise
     if replaced:
         # The connection this one replaces is over: end it at Twitch too, after the
         # answer (the user need not wait for it; if the process stops first, that
         # access token simply expires within hours).
-        _in_background(twitch.revoke_quietly(replaced))
+        in_background(twitch.revoke_quietly(replaced))
     await signals.token_connected.asend(sender=TwitchToken, token=token, role=role)
     return token
+
+
+@sensitive_variables()
+async def _validate_new(token: TwitchToken, access_token: str) -> None:
+    """Validate a connection stored from its ID token. A validation that disagrees
+    (Twitch refuses the token, or names another account) ends it: the user is
+    asked to reconnect, with an event and `token_needs_reconnect`."""
+    try:
+        info = await twitch.validate(access_token)
+    except twitch.InvalidCredential:
+        problem = "Twitch refused the new token when it was validated"
+    except twitch.TwitchError as error:
+        # Validated at the next run instead (it is due: never validated).
+        logger.info("could not validate new connection %s: %s", token.pk, error)
+        return
+    else:
+        if info.user_id == token.twitch_user_id:
+            await sync_to_async(_store_first_validation)(token, access_token, info)
+            return
+        problem = "Validation named another Twitch account than the ID token"
+    ended = await sync_to_async(_end_new)(token, access_token, problem)
+    if ended is not None:
+        logger.warning("new connection %s ended: %s", token.pk, problem)
+        await twitch.revoke_quietly(access_token)
+        await signals.token_needs_reconnect.asend(
+            sender=TwitchToken, token=ended, role=ended.role
+        )
+
+
+def _still_holding(pk: int, access_token: str) -> TwitchToken | None:
+    """The row, locked, if it still holds `access_token` (not reconnected or
+    revoked since); inside a transaction."""
+    row = TwitchToken.objects.select_for_update().filter(pk=pk).first()
+    if row is None or row.status != TwitchToken.Status.ACTIVE:
+        return None
+    return row if constant_time_compare(row.access_token, access_token) else None
+
+
+@sensitive_variables()
+def _store_first_validation(
+    token: TwitchToken, access_token: str, info: twitch.TokenInfo
+) -> None:
+    now = timezone.now()
+    with atomic_write():
+        if (row := _still_holding(token.pk, access_token)) is None:
+            return
+        TwitchToken.objects.filter(pk=row.pk).update(
+            login=info.login,
+            scopes=info.scopes,
+            expires_at=twitch.expires_at(now, None, info),
+            last_validated_at=now,
+        )
+
+
+@sensitive_variables()
+def _end_new(token: TwitchToken, access_token: str, problem: str) -> TwitchToken | None:
+    with atomic_write():
+        if (row := _still_holding(token.pk, access_token)) is None:
+            return None
+        row.wipe_secrets()
+        row.status = TwitchToken.Status.NEEDS_RECONNECT
+        row.last_error = problem[:200]
+        row.save(
+            update_fields=[
+                "access_token",
+                "refresh_token",
+                "status",
+                "last_error",
+                "updated_at",
+            ]
+        )
+        TokenEvent.objects.create(
+            token=row,
+            action=TokenEvent.Action.VALIDATE,
+            outcome=TokenEvent.Outcome.REJECTED,
+            source=TokenEvent.Source.SITE,
+            detail=problem[:200],
+        )
+    return row
 
 
 # Strong references: the event loop keeps only weak ones to its tasks.
 _background: set[asyncio.Task[Any]] = set()
 
 
-def _in_background(work: Coroutine[Any, Any, Any]) -> None:
+def in_background(work: Coroutine[Any, Any, Any]) -> None:
     # In a context of its own: the request's would tie any sync call the work makes
     # to the request's thread (twitchauth_site/asgi.py), which asgiref refuses once
     # the request has ended.
@@ -114,28 +276,28 @@ async def finish_background_work() -> None:
         await asyncio.gather(*_background, return_exceptions=True)
 
 
-def store_connection(
+def _store_connection(
     *,
     user: AbstractBaseUser,
     role: str,
     grant: twitch.TokenGrant,
     info: twitch.TokenInfo,
-    source: str = TokenEvent.Source.USER,
+    source: str,
+    validated: bool,
 ) -> tuple[TwitchToken, str]:
-    """Store the connection (validated: `info`); return it and the access token of
-    the one it replaced. Raises `AlreadyLinked`. For the browser's callback and
-    `manage.py connect_twitch` alike."""
+    """Store the connection `info` describes (from validation, when `validated`;
+    else from the ID token and the token answer); return it and the access token
+    of the one it replaced. Raises `AlreadyLinked`."""
     now = timezone.now()
     fields = {
         "twitch_user_id": info.user_id,
         "login": info.login,
         "access_token": grant.access_token,
         "refresh_token": grant.refresh_token,
-        # Validation describes the token as Twitch holds it now.
         "scopes": info.scopes,
         "expires_at": twitch.expires_at(now, grant.expires_in, info),
         "status": TwitchToken.Status.ACTIVE,
-        "last_validated_at": now,
+        "last_validated_at": now if validated else None,
         "last_error": "",
         "claimed_until": None,
     }

@@ -1,16 +1,19 @@
-"""The OAuth `state` of Connect Twitch: random, bound to the browser session,
-single-use and short-lived."""
+"""The OAuth `state` of Connect Twitch and Sign in with Twitch: random, bound to the
+browser session, single-use and short-lived; with it, what the flow is for and the
+OpenID Connect nonce its ID token must carry."""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -34,31 +37,62 @@ class InvalidState(Exception):
     """The callback's state is missing, unknown, expired or already used."""
 
 
+class Purpose(StrEnum):
+    """What a flow comes back to do."""
+
+    CONNECT = "connect"  # store a connection for the signed-in user
+    SIGN_IN = "signin"  # sign in the person whose connection this is
+
+
 @dataclass(frozen=True)
 class PendingFlow:
     """What a state was minted for, as stored with it in the session: the callback
-    finishes exactly that (a callback cannot land in another role)."""
+    finishes exactly that (a callback cannot land in another role or purpose)."""
 
     next_url: str
     role: str
+    purpose: Purpose = Purpose.CONNECT
+    # The OpenID Connect nonce the ID token must carry; None without OIDC.
+    nonce: str | None = field(default=None, repr=False)
 
 
-async def begin_connect(
+async def begin_flow(
     *,
     session: SessionBase,
+    purpose: Purpose,
     next_url: str,
     role: str,
     scopes: list[str],
     force_verify: bool = False,
 ) -> str:
-    """Mint a state bound to this browser session and to `role`, and return
-    Twitch's authorize URL asking for `scopes`."""
+    """Mint a state (and, with OpenID Connect, a nonce) bound to this browser
+    session, to `purpose` and to `role`, and return Twitch's authorize URL asking
+    for `scopes` (plus `openid`)."""
     state = secrets.token_urlsafe(32)  # 256 bits
+    flow: dict[str, Any] = {
+        "created": time.time(),
+        "next": next_url,
+        "role": role,
+        "purpose": purpose.value,
+    }
+    claims = None
+    if settings.TWITCH_OPENID_CONNECT:
+        # Single-use with its state, which is: the ID token names this very flow.
+        flow["nonce"] = secrets.token_urlsafe(32)
+        scopes = [*scopes, "openid"] if "openid" not in scopes else scopes
+        if purpose is Purpose.CONNECT:
+            claims = twitch.ID_TOKEN_CLAIMS
     pending = dict(await session.aget(STATE_SESSION_KEY, {}))
-    pending[state] = {"created": time.time(), "next": next_url, "role": role}
+    pending[state] = flow
     newest = sorted(pending.items(), key=lambda item: item[1]["created"])
     await session.aset(STATE_SESSION_KEY, dict(newest[-MAX_PENDING_STATES:]))
-    return twitch.authorize_url(state=state, scopes=scopes, force_verify=force_verify)
+    return twitch.authorize_url(
+        state=state,
+        scopes=scopes,
+        force_verify=force_verify,
+        nonce=flow.get("nonce"),
+        claims=claims,
+    )
 
 
 async def take_state(*, session: SessionBase, state: str) -> PendingFlow:
@@ -96,10 +130,21 @@ async def take_state(*, session: SessionBase, state: str) -> PendingFlow:
     if not spent:
         raise InvalidState("replayed")
     flow = pending[match]
-    # A flow begun before roles existed connects the default role.
+    # A flow begun before roles (or OpenID Connect) existed: a connect of the
+    # default role, without a nonce.
     return PendingFlow(
-        next_url=str(flow["next"]), role=str(flow.get("role", DEFAULT_ROLE))
+        next_url=str(flow["next"]),
+        role=str(flow.get("role", DEFAULT_ROLE)),
+        purpose=Purpose(flow.get("purpose", Purpose.CONNECT)),
+        nonce=flow.get("nonce"),
     )
+
+
+async def signing_in(*, session: SessionBase) -> bool:
+    """Whether this browser has a Sign in with Twitch pending (it may come back
+    without being signed in to the site)."""
+    pending: dict[str, dict[str, Any]] = await session.aget(STATE_SESSION_KEY, {})
+    return any(flow.get("purpose") == Purpose.SIGN_IN for flow in pending.values())
 
 
 async def first_mismatch_of_a_pending_flow(*, session: SessionBase) -> bool:

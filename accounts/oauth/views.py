@@ -6,21 +6,31 @@ from __future__ import annotations
 
 import logging
 
+from asgiref.sync import sync_to_async
+from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import alogin
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from accounts import services
+from accounts import services, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.oauth import connect as connecting
+from accounts.oauth import signin as signing_in
 from accounts.oauth import state as oauth_state
+from accounts.oauth.state import PendingFlow, Purpose
 from accounts.roles import DEFAULT_ROLE, ROLE_NAME_RE, Role, role_label, role_named
 from accounts.web.pages import failure_page, login_required
 
 logger = logging.getLogger(__name__)
+
+# The backend a Twitch sign-in is recorded with: the one that signs in by password,
+# so the session works as a password sign-in's does.
+PASSWORD_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 # RFC 6749, section 4.1.2.1: what an authorization server may put in `error`.
 OAUTH_ERROR_CODES = frozenset(
@@ -54,8 +64,9 @@ async def connect(request: HttpRequest) -> HttpResponse:
             "nothing was started. Please tell the site's staff.",
             status=400,
         )
-    authorize_url = await oauth_state.begin_connect(
+    authorize_url = await oauth_state.begin_flow(
         session=request.session,
+        purpose=Purpose.CONNECT,
         next_url=_safe_next(request, request.POST.get("next")),
         role=role.name,
         scopes=scopes,
@@ -64,6 +75,31 @@ async def connect(request: HttpRequest) -> HttpResponse:
         # default: the browser is most likely signed in to the person's own account.
         force_verify=request.POST.get("reconnect") == "1" or not role.is_default,
     )
+    if settings.TWITCH_OPENID_CONNECT:
+        # While the person is on Twitch: the callback then needs no key fetch.
+        connecting.in_background(twitch.warm_keys())
+    return HttpResponseRedirect(authorize_url)
+
+
+@require_POST
+@never_cache
+async def signin(request: HttpRequest) -> HttpResponse:
+    """Sign in with Twitch (the login page's button): asks Twitch for `openid` only
+    and comes back to the callback."""
+    if not settings.TWITCH_OPENID_CONNECT:
+        return await failure_page(
+            request,
+            "Signing in with Twitch is not available on this site. Please sign in "
+            "with your username and password.",
+            status=404,
+        )
+    authorize_url = await oauth_state.begin_flow(
+        session=request.session,
+        purpose=Purpose.SIGN_IN,
+        next_url=_safe_next(request, request.POST.get("next")),
+        role=DEFAULT_ROLE,
+        scopes=[],
+    )
     return HttpResponseRedirect(authorize_url)
 
 
@@ -71,7 +107,9 @@ async def connect(request: HttpRequest) -> HttpResponse:
 @never_cache
 async def callback(request: HttpRequest) -> HttpResponse:
     user = request.user
-    if not user.is_authenticated:
+    if not user.is_authenticated and not await oauth_state.signing_in(
+        session=request.session
+    ):
         return await failure_page(
             request,
             "Please sign in to this site first, then press Connect Twitch again.",
@@ -113,8 +151,18 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "Twitch sent you back without a sign-in code. Please try again.",
             status=400,
         )
+    if flow.purpose is Purpose.SIGN_IN:
+        return await _sign_in(request, code=code, flow=flow)
+    if not user.is_authenticated:
+        return await failure_page(
+            request,
+            "Please sign in to this site first, then press Connect Twitch again.",
+            status=400,
+        )
     try:
-        token = await services.connect(user=user, code=code, role=flow.role)
+        token = await services.connect(
+            user=user, code=code, role=flow.role, nonce=flow.nonce
+        )
     except services.AlreadyLinked as linked:
         if linked.role == DEFAULT_ROLE:
             taken = "connected to another user"
@@ -133,6 +181,8 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "Nothing was changed. Please connect again.",
             status=400,
         )
+    except twitch.InvalidIdToken as invalid:
+        return await _invalid_id_token_page(request, invalid)
     except services.TwitchRejected as rejected:
         logger.error("Twitch refused the code exchange: %s", rejected)
         return await failure_page(
@@ -207,6 +257,94 @@ async def disconnect(request: HttpRequest) -> HttpResponse:
             f"this site deleted its tokens. {remove_at_twitch}",
         )
     return HttpResponseRedirect("/")
+
+
+async def _sign_in(
+    request: HttpRequest, *, code: str, flow: PendingFlow
+) -> HttpResponse:
+    """The callback of Sign in with Twitch: the linked person, signed in as a
+    password sign-in would (session key cycled, `user_logged_in` sent)."""
+    if flow.nonce is None:  # begun with OpenID Connect off: cannot be verified
+        return await failure_page(
+            request,
+            "This Twitch sign-in link has expired. Please try again.",
+            status=400,
+        )
+    try:
+        person = await signing_in.person_signing_in(code=code, nonce=flow.nonce)
+    except signing_in.NotLinked:
+        return await failure_page(
+            request,
+            "This Twitch account is not linked to an account on this site. Sign in "
+            "with your username and password, then connect Twitch on your page.",
+            status=403,
+        )
+    except signing_in.SignInRefused as refused:
+        if refused.reason == "staff":
+            sentence = (
+                "Staff accounts cannot sign in with Twitch on this site. Please sign "
+                "in with your username and password."
+            )
+        else:
+            sentence = "This account is disabled. Please ask the site's staff."
+        return await failure_page(request, sentence, status=403)
+    except services.InvalidCredential:
+        return await failure_page(
+            request,
+            "Twitch did not accept this sign-in; it may have taken too long. "
+            "Please try again.",
+            status=400,
+        )
+    except twitch.InvalidIdToken as invalid:
+        return await _invalid_id_token_page(request, invalid)
+    except services.TwitchError as failed:
+        logger.warning("Twitch failed during a sign-in: %s", failed)
+        return await failure_page(
+            request,
+            "Twitch could not be reached just now. Please try again in a minute, or "
+            "sign in with your username and password.",
+            status=502,
+        )
+    except DatabaseError:
+        logger.exception("could not look up a Twitch sign-in")
+        return await failure_page(
+            request,
+            "This site could not sign you in just now. Please try again in a minute.",
+            status=502,
+        )
+    credentials = {"username": person.get_username()}
+    # Locked out after failed passwords (django-axes) stays locked out.
+    if await sync_to_async(AxesProxyHandler.is_locked)(request, credentials):
+        return await failure_page(
+            request,
+            "Too many failed sign-in attempts for this account from your address. "
+            "Please try again later.",
+            status=429,
+        )
+    await alogin(request, person, backend=PASSWORD_BACKEND)
+    return HttpResponseRedirect(flow.next_url)
+
+
+async def _invalid_id_token_page(
+    request: HttpRequest, invalid: twitch.InvalidIdToken
+) -> HttpResponse:
+    # The reason names the check, never the token. A nonce that does not match is
+    # most likely a replayed or injected code: the browser's to answer for (400);
+    # any other failure is Twitch's answer not holding up (502).
+    logger.warning("an ID token failed verification: %s", invalid.reason)
+    if invalid.reason == "nonce":
+        return await failure_page(
+            request,
+            "This Twitch sign-in does not belong to the one this browser started, so "
+            "nothing was changed. Please try again.",
+            status=400,
+        )
+    return await failure_page(
+        request,
+        "Twitch's answer could not be verified, so nothing was changed. Please try "
+        "again in a minute.",
+        status=502,
+    )
 
 
 async def _twitch_error(

@@ -12,6 +12,8 @@ to show and to log because it never carries a credential.
 - `oauth`: the id.twitch.tv endpoints (authorize, token, validate, revoke), called
   with form bodies and parsed strictly.
 - `helix`: EventSub subscriptions, with the app access token.
+- `device`: the Device Code Grant (a device code, then polling until approved).
+- `oidc`: Twitch's ID tokens (OpenID Connect) verified against its published keys.
 - `scopes`: the catalogue of Twitch's scopes (current, deprecated, removed), plain
   data that the sandbox imports too.
 - `clients`: twitchAPI clients for site code, whose token renewals are the site's.
@@ -31,8 +33,17 @@ from accounts.twitch.clients import (
     app_client,
     user_client,
 )
+from accounts.twitch.device import (
+    DeviceAuthorization,
+    DevicePollingStopped,
+    poll_device_authorization,
+    start_device_authorization,
+)
 from accounts.twitch.errors import (
+    DeviceAccessDenied,
+    DeviceCodeExpired,
     InvalidCredential,
+    InvalidIdToken,
     TwitchError,
     TwitchRateLimited,
     TwitchRejected,
@@ -45,6 +56,7 @@ from accounts.twitch.helix import (
 )
 from accounts.twitch.http import close_http_session, run_sync, with_retries
 from accounts.twitch.oauth import (
+    ID_TOKEN_CLAIMS,
     KNOWN_SCOPES,
     AppGrant,
     RevokeResult,
@@ -59,12 +71,20 @@ from accounts.twitch.oauth import (
     revoke_quietly,
     validate,
 )
+from accounts.twitch.oidc import IdToken, verify_id_token, warm_keys
 
 __all__ = [
+    "ID_TOKEN_CLAIMS",
     "KNOWN_SCOPES",
     "AppClient",
     "AppGrant",
+    "DeviceAccessDenied",
+    "DeviceAuthorization",
+    "DeviceCodeExpired",
+    "DevicePollingStopped",
+    "IdToken",
     "InvalidCredential",
+    "InvalidIdToken",
     "Renew",
     "RenewApp",
     "RevokeResult",
@@ -84,11 +104,15 @@ __all__ = [
     "expires_at",
     "fetch_app_token",
     "list_eventsub_subscriptions",
+    "poll_device_authorization",
     "refresh",
     "revoke",
     "revoke_quietly",
     "run_sync",
+    "start_device_authorization",
     "user_client",
     "validate",
+    "verify_id_token",
+    "warm_keys",
     "with_retries",
 ]

@@ -3,6 +3,8 @@ exceptions, whose texts never carry a credential."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class TwitchError(Exception):
     """Twitch did not do what was asked. The text never contains a credential."""
@@ -57,3 +59,43 @@ class InvalidCredential(TwitchRejected):
     # Set by with_retries: an earlier attempt of the same call may have been acted
     # on (a refresh token rotated) without its answer reaching us.
     after_unanswered_attempt = False
+
+
+class DeviceCodeExpired(TwitchRejected):
+    """A device code expired (or Twitch no longer accepts it) before anyone
+    approved it: nothing was granted, and the person has to start again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=400)
+
+
+class DeviceAccessDenied(TwitchRejected):
+    """The person at Twitch's activation page declined: nothing was granted."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=400)
+
+
+IdTokenProblem = Literal[
+    "missing",  # the token answer held none
+    "malformed",  # not a JWT, or claims of the wrong shape
+    "signature",  # not RS256, or the signature does not verify
+    "unknown_key",  # signed by a key Twitch does not publish
+    "expired",  # outside its lifetime (or issued in the future)
+    "issuer",  # not issued by Twitch
+    "audience",  # issued to another application
+    "nonce",  # not the nonce of our authorize request
+    "subject",  # its subject is not a Twitch user id
+]
+
+
+class InvalidIdToken(TwitchError):
+    """Twitch's token answer held no ID token, or one that must not be believed.
+
+    `reason` says which check failed, for logs and tests; the text never
+    contains the token.
+    """
+
+    def __init__(self, message: str, *, reason: IdTokenProblem) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -14,11 +14,13 @@ misbehaved; keep what you hold"), never a half-read value that could be stored.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
@@ -67,6 +69,9 @@ class TokenGrant:
     expires_in: int | None
     # None when Twitch sent scopes that cannot be read: validation says which.
     scopes: list[str] | None
+    # OpenID Connect: the code grant's ID token when `openid` was granted (a JWT,
+    # believed only once `oidc.verify_id_token` says so); None otherwise.
+    id_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -94,9 +99,23 @@ class RevokeResult(enum.Enum):
     ALREADY_INVALID = "already invalid"  # Twitch did nothing: it was dead already
 
 
-def authorize_url(*, state: str, scopes: list[str], force_verify: bool = False) -> str:
-    from urllib.parse import urlencode
+# What the Connect flow asks the ID token to carry besides the user id: the name,
+# so the callback need not ask Twitch who the user is.
+ID_TOKEN_CLAIMS = json.dumps(
+    {"id_token": {"preferred_username": None}}, separators=(",", ":")
+)
 
+
+def authorize_url(
+    *,
+    state: str,
+    scopes: list[str],
+    force_verify: bool = False,
+    nonce: str | None = None,
+    claims: str | None = None,
+) -> str:
+    """Twitch's authorize URL. With OpenID Connect (`openid` in `scopes`), `nonce`
+    is echoed in the ID token and `claims` (JSON) names what it should carry."""
     query = {
         "client_id": settings.TWITCH_CLIENT_ID,
         "redirect_uri": settings.TWITCH_REDIRECT_URI,
@@ -106,6 +125,10 @@ def authorize_url(*, state: str, scopes: list[str], force_verify: bool = False) 
     }
     if force_verify:
         query["force_verify"] = "true"
+    if nonce is not None:
+        query["nonce"] = nonce
+    if claims is not None:
+        query["claims"] = claims
     return f"{settings.TWITCH_AUTH_BASE_URL}authorize?{urlencode(query)}"
 
 
@@ -318,12 +341,15 @@ def _token_grant(body: dict[str, Any], *, partial: bool = False) -> TokenGrant:
         return TokenGrant(
             access_token="", refresh_token=refresh_token, expires_in=None, scopes=scopes
         )
+    id_token = body.get("id_token")
     return TokenGrant(
         access_token=access_token,
         # "" when Twitch sent none that is usable (see `refresh`).
         refresh_token=refresh_token if _is_token(refresh_token) else "",
         expires_in=_expires_in(body.get("expires_in"), allow_zero=False),
         scopes=scopes,
+        # Its form is the verifier's to judge; only a string is passed on.
+        id_token=id_token if isinstance(id_token, str) else None,
     )
 
 

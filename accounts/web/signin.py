@@ -20,8 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
 from django.db import connection, transaction
@@ -101,3 +103,15 @@ class SignInForm(OneAttemptAtATime, AuthenticationForm):
 
 class AdminSignInForm(OneAttemptAtATime, AdminAuthenticationForm):
     """The admin's sign-in form, the same way."""
+
+
+class SignInView(LoginView):
+    """The sign-in page: a password, or Sign in with Twitch for a linked account
+    (when OpenID Connect is on)."""
+
+    authentication_form = SignInForm
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["twitch_signin"] = settings.TWITCH_OPENID_CONNECT
+        return context

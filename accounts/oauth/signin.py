@@ -1,0 +1,61 @@
+"""Sign in with Twitch, for accounts already linked: who Twitch says this is, and
+whether they may come in this way. Accounts are never created here (staff manage
+them); the view signs the person in (accounts/oauth/views.py)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.views.decorators.debug import sensitive_variables
+
+from accounts import twitch
+from accounts.models import TwitchToken
+from accounts.oauth.connect import in_background
+from accounts.roles import DEFAULT_ROLE
+
+
+class NotLinked(Exception):
+    """No site user has this Twitch account as their own (default-role) connection."""
+
+
+class SignInRefused(Exception):
+    """The linked person may not sign in with Twitch (staff, or a disabled account)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # "staff" or "inactive"
+
+
+@sensitive_variables()
+async def person_signing_in(*, code: str, nonce: str) -> AbstractBaseUser:
+    """Exchange the code and return the person whose default-role connection is
+    the Twitch account the verified ID token names. Raises `twitch.TwitchError`
+    (`twitch.InvalidIdToken` among them), `NotLinked` or `SignInRefused`.
+
+    One round trip to Twitch: the sign-in's grant (`openid` only) is ended at
+    Twitch after the answer, whatever happened; the site never keeps it.
+    """
+    grant = await twitch.exchange_code(code)
+    try:
+        identity = await twitch.verify_id_token(
+            grant.id_token, client_id=settings.TWITCH_CLIENT_ID, nonce=nonce
+        )
+    finally:
+        in_background(twitch.revoke_quietly(grant.access_token))
+    linked = (
+        await TwitchToken.objects.filter(
+            role=DEFAULT_ROLE, twitch_user_id=identity.user_id
+        )
+        .exclude(status=TwitchToken.Status.REVOKED)
+        .select_related("user")
+        .afirst()
+    )
+    if linked is None:
+        raise NotLinked(identity.user_id)
+    user = linked.user
+    if not user.is_active:
+        raise SignInRefused("inactive")
+    if (user.is_staff or user.is_superuser) and not settings.TWITCH_SIGNIN_STAFF:
+        # A Twitch account must not become a way into /admin.
+        raise SignInRefused("staff")
+    return user

@@ -1,0 +1,284 @@
+"""Twitch's ID tokens (OpenID Connect), verified before anything in them is believed.
+
+With the `openid` scope, Twitch's code grant also answers `id_token`: an RS256 JWT
+signed by one of the keys it publishes at `<TWITCH_AUTH_BASE_URL>keys`
+("Getting tokens: OIDC", dev.twitch.tv). PyJWT checks the signature and the
+registered claims; this module adds what is Twitch's: the issuer, digits for the
+user id, the nonce we sent, and the display name in `preferred_username`.
+
+Twitch's keys are fetched once per process over the seam's HTTP session (not
+PyJWKClient's blocking urllib) and kept. They rotate: a token naming a key id
+not yet seen has the keys fetched again, at most once per
+`KEYS_REFETCH_INTERVAL`, so a flood of tokens naming unknown keys cannot turn
+into a flood of fetches.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from django.conf import settings
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.debug import sensitive_variables
+
+from accounts.twitch.errors import (
+    IdTokenProblem,
+    InvalidIdToken,
+    TwitchError,
+    TwitchUnavailable,
+)
+from accounts.twitch.http import raise_for_status, send
+from accounts.twitch.oauth import LOGIN_RE, USER_ID_RE
+
+# Exactly this string: Twitch's discovery document and its tokens say so.
+ISSUER = "https://id.twitch.tv/oauth2"
+ALGORITHM = "RS256"
+# Clock difference tolerated between Twitch and us, on exp and iat.
+LEEWAY = 60
+# The least time between two fetches of the keys for an unknown key id. Read at
+# each call (tests shorten it).
+KEYS_REFETCH_INTERVAL = 60.0
+# Far longer than any JWT Twitch issues; a longer string is not worth parsing.
+MAX_TOKEN_LENGTH = 16 * 1024
+# Display names are login-length in practice; this bounds what we keep.
+MAX_DISPLAY_NAME = 64
+
+
+@dataclass(frozen=True)
+class IdToken:
+    """What a verified ID token says."""
+
+    user_id: str  # `sub`: digits
+    # The login when `preferred_username` is one in other letter case; "" when
+    # absent, or a localized display name that is no login: ask validate then.
+    login: str
+    # `preferred_username` as sent: Twitch's display name there, or "".
+    display_name: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+@dataclass
+class _Keys:
+    """Twitch's published keys as last fetched from one URL."""
+
+    by_kid: dict[str, Any]
+    # time.monotonic() of the last fetch for an unknown key id; None: none yet.
+    refetched_at: float | None = field(default=None)
+
+
+# Per keys URL, shared by every event loop and thread of the process; the lock is
+# never held across an await.
+_known: dict[str, _Keys] = {}
+_lock = threading.Lock()
+
+
+def forget_keys() -> None:
+    """Forget every fetched key: the next token has them fetched again."""
+    with _lock:
+        _known.clear()
+
+
+@sensitive_variables("id_token")
+async def verify_id_token(
+    id_token: str | None, *, client_id: str, nonce: str | None
+) -> IdToken:
+    """The claims of Twitch's ID token, once it is proven Twitch's and ours.
+
+    `nonce`: the one our authorize request sent; the token must carry it. Raises
+    `InvalidIdToken` (its `reason` says which check failed) for a token that must
+    not be believed, `TwitchUnavailable` when Twitch's keys cannot be fetched.
+    """
+    if not id_token:
+        raise _invalid("missing", "Twitch's token answer held no ID token.")
+    if not isinstance(id_token, str) or len(id_token) > MAX_TOKEN_LENGTH:
+        raise _invalid("malformed", "The ID token is not a JWT.")
+    try:
+        header = jwt.get_unverified_header(id_token)
+    except jwt.PyJWTError:
+        raise _invalid("malformed", "The ID token is not a JWT.") from None
+    if header.get("alg") != ALGORITHM:
+        # Before any key is looked at: "none" and HMAC are never Twitch's.
+        raise _invalid("signature", "The ID token is not signed with RS256.")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise _invalid("malformed", "The ID token names no signing key.")
+    key = await _public_key(kid)
+    if key is None:
+        raise _invalid("unknown_key", "The ID token is signed by a key Twitch lacks.")
+    claims = _decoded(id_token, key, client_id=client_id)
+    return _id_token(claims, client_id=client_id, nonce=nonce)
+
+
+@sensitive_variables("id_token")
+def _decoded(id_token: str, key: Any, *, client_id: str) -> dict[str, Any]:
+    """The claims, once PyJWT has checked signature, issuer, audience and times."""
+    try:
+        return jwt.decode(
+            id_token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=client_id,
+            issuer=ISSUER,
+            leeway=LEEWAY,
+            options={
+                "require": ["iss", "sub", "aud", "exp", "iat"],
+                # One audience, as a string: ours.
+                "strict_aud": True,
+            },
+        )
+    # Subclasses before their bases: InvalidSignatureError is a DecodeError.
+    except jwt.InvalidSignatureError:
+        raise _invalid("signature", "The ID token's signature is wrong.") from None
+    except jwt.ExpiredSignatureError:
+        raise _invalid("expired", "The ID token has expired.") from None
+    except jwt.ImmatureSignatureError:
+        raise _invalid("expired", "The ID token is issued in the future.") from None
+    except jwt.InvalidIssuerError:
+        raise _invalid("issuer", "The ID token is not issued by Twitch.") from None
+    except jwt.InvalidAudienceError:
+        raise _invalid("audience", "The ID token is for another application.") from None
+    except jwt.InvalidSubjectError:
+        raise _invalid("subject", "The ID token's subject is not a user id.") from None
+    except jwt.PyJWTError:
+        raise _invalid("malformed", "The ID token's claims are malformed.") from None
+
+
+def _id_token(claims: dict[str, Any], *, client_id: str, nonce: str | None) -> IdToken:
+    """Twitch's own rules on claims PyJWT has checked already."""
+    azp = claims.get("azp", client_id)
+    if not isinstance(azp, str) or azp != client_id:
+        raise _invalid("audience", "The ID token was asked for by another application.")
+    if nonce is not None:
+        sent = claims.get("nonce")
+        if not isinstance(sent, str) or not constant_time_compare(sent, nonce):
+            raise _invalid("nonce", "The ID token does not carry our nonce.")
+    user_id = claims["sub"]
+    if not USER_ID_RE.fullmatch(user_id):
+        raise _invalid("subject", "The ID token's subject is not a user id.")
+    issued_at, expires_at = claims["iat"], claims["exp"]
+    if not all(_is_time(value) for value in (issued_at, expires_at)):
+        raise _invalid("malformed", "The ID token's times are not whole seconds.")
+    display_name = claims.get("preferred_username", "")
+    if not isinstance(display_name, str) or not _is_display_name(display_name):
+        raise _invalid("malformed", "The ID token's preferred_username is malformed.")
+    return IdToken(
+        user_id=user_id,
+        login=_login(display_name),
+        display_name=display_name,
+        issued_at=datetime.fromtimestamp(issued_at, UTC),
+        expires_at=datetime.fromtimestamp(expires_at, UTC),
+    )
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_display_name(name: str) -> bool:
+    # "" is absent; otherwise visible characters only, no control or line breaks.
+    return len(name) <= MAX_DISPLAY_NAME and (not name or name.isprintable())
+
+
+def _login(display_name: str) -> str:
+    """The login a display name spells, if it spells one. Twitch sends the display
+    name as `preferred_username`: an ASCII one is the login with capitals; a
+    localized one (e.g. Korean) says nothing about the login."""
+    # isascii first: str.lower() maps some non-ASCII letters onto ASCII ones.
+    lowered = display_name.lower()
+    if display_name.isascii() and LOGIN_RE.fullmatch(lowered):
+        return lowered
+    return ""
+
+
+def _invalid(reason: IdTokenProblem, message: str) -> InvalidIdToken:
+    return InvalidIdToken(message, reason=reason)
+
+
+# Twitch's keys ----------------------------------------------------------------------
+
+
+async def warm_keys() -> None:
+    """Fetch Twitch's keys if none are known yet, quietly: Connect calls it while
+    the person is on Twitch's consent page, so even a new process's first callback
+    verifies its ID token without a round trip. A failure is left for the callback
+    to meet (and report)."""
+    url = settings.TWITCH_AUTH_BASE_URL + "keys"
+    with _lock:
+        if url in _known:
+            return
+    try:
+        by_kid = await _fetch_keys(url)
+    except TwitchError:
+        return
+    with _lock:
+        _known.setdefault(url, _Keys(by_kid=by_kid))
+
+
+async def _public_key(kid: str) -> Any | None:
+    """The public key Twitch signs with under `kid`, fetching the keys when none
+    are known yet, or again for a kid not seen before (at most once per
+    KEYS_REFETCH_INTERVAL); None when Twitch does not publish it."""
+    url = settings.TWITCH_AUTH_BASE_URL + "keys"
+    with _lock:
+        known = _known.get(url)
+        if known is not None:
+            if kid in known.by_kid:
+                return known.by_kid[kid]
+            now = time.monotonic()
+            if (
+                known.refetched_at is not None
+                and now - known.refetched_at < KEYS_REFETCH_INTERVAL
+            ):
+                return None
+            # Claimed before the fetch: tokens arriving meanwhile do not fetch too.
+            known.refetched_at = now
+    by_kid = await _fetch_keys(url)
+    with _lock:
+        earlier = _known.get(url)
+        _known[url] = _Keys(
+            by_kid=by_kid, refetched_at=earlier.refetched_at if earlier else None
+        )
+    return by_kid.get(kid)
+
+
+async def _fetch_keys(url: str) -> dict[str, Any]:
+    """Twitch's RS256 signing keys by key id; `TwitchUnavailable` when they cannot
+    be had (an error answer is Twitch failing, never a refusal of ours)."""
+    answer = await send("GET", url, endpoint="keys")
+    if answer.status == 429:
+        raise_for_status("keys", answer)  # TwitchRateLimited, with Twitch's wait
+    if answer.status != 200:
+        raise TwitchUnavailable(f"Twitch's keys endpoint answered {answer.status}.")
+    body = answer.body
+    if not isinstance(body, dict) or not isinstance(body.get("keys"), list):
+        raise TwitchUnavailable("Twitch's keys endpoint answered nonsense.")
+    by_kid = {}
+    for entry in body["keys"]:
+        if not _is_signing_key(entry):
+            continue
+        try:
+            by_kid[entry["kid"]] = jwt.PyJWK(entry, algorithm=ALGORITHM).key
+        except (jwt.PyJWTError, ValueError):
+            continue  # a key we cannot read signs nothing we accept
+    if not by_kid:
+        raise TwitchUnavailable("Twitch's keys endpoint answered no usable key.")
+    return by_kid
+
+
+def _is_signing_key(entry: object) -> bool:
+    """An RSA key for RS256 signatures, with a key id (`use` and `alg` may be
+    left out of a JWK; when there, they must say so)."""
+    return (
+        isinstance(entry, dict)
+        and entry.get("kty") == "RSA"
+        and entry.get("use", "sig") == "sig"
+        and entry.get("alg", ALGORITHM) == ALGORITHM
+        and isinstance(entry.get("kid"), str)
+        and bool(entry["kid"])
+    )
