@@ -22,7 +22,7 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
-from accounts.db import atomic_write
+from accounts.db import atomic_write, writer_turn
 from accounts.models import TokenEvent, TwitchToken
 from accounts.roles import DEFAULT_ROLE, Role
 
@@ -193,7 +193,7 @@ async def _validate_new(token: TwitchToken, access_token: str) -> None:
         return
     else:
         if info.user_id == token.twitch_user_id:
-            await sync_to_async(_store_first_validation)(token, access_token, info)
+            await sync_to_async(_store_first_validation)(token, info)
             return
         problem = "Validation named another Twitch account than the ID token"
     ended = await sync_to_async(_end_new)(token, access_token, problem)
@@ -214,15 +214,16 @@ def _still_holding(pk: int, access_token: str) -> TwitchToken | None:
     return row if constant_time_compare(row.access_token, access_token) else None
 
 
-@sensitive_variables()
-def _store_first_validation(
-    token: TwitchToken, access_token: str, info: twitch.TokenInfo
-) -> None:
+def _store_first_validation(token: TwitchToken, info: twitch.TokenInfo) -> None:
     now = timezone.now()
-    with atomic_write():
-        if (row := _still_holding(token.pk, access_token)) is None:
-            return
-        TwitchToken.objects.filter(pk=row.pk).update(
+    # One UPDATE, and only of the row as this connect stored it: a reconnect or a
+    # refresh since (each moves `updated_at`) has newer facts than ours.
+    with writer_turn():
+        TwitchToken.objects.filter(
+            pk=token.pk,
+            updated_at=token.updated_at,
+            status=TwitchToken.Status.ACTIVE,
+        ).update(
             login=info.login,
             scopes=info.scopes,
             expires_at=twitch.expires_at(now, None, info),

@@ -75,7 +75,7 @@ async def connect(request: HttpRequest) -> HttpResponse:
         # default: the browser is most likely signed in to the person's own account.
         force_verify=request.POST.get("reconnect") == "1" or not role.is_default,
     )
-    if settings.TWITCH_OPENID_CONNECT:
+    if settings.TWITCH_OPENID_CONNECT and not twitch.keys_known():
         # While the person is on Twitch: the callback then needs no key fetch.
         connecting.in_background(twitch.warm_keys())
     return HttpResponseRedirect(authorize_url)

@@ -71,7 +71,7 @@ from accounts.twitch.oauth import (
     revoke_quietly,
     validate,
 )
-from accounts.twitch.oidc import IdToken, verify_id_token, warm_keys
+from accounts.twitch.oidc import IdToken, keys_known, verify_id_token, warm_keys
 
 __all__ = [
     "ID_TOKEN_CLAIMS",
@@ -102,6 +102,7 @@ __all__ = [
     "delete_eventsub_subscription",
     "exchange_code",
     "expires_at",
+    "keys_known",
     "fetch_app_token",
     "list_eventsub_subscriptions",
     "poll_device_authorization",

@@ -203,6 +203,12 @@ def _invalid(reason: IdTokenProblem, message: str) -> InvalidIdToken:
 # Twitch's keys ----------------------------------------------------------------------
 
 
+def keys_known() -> bool:
+    """Whether Twitch's keys have been fetched in this process."""
+    with _lock:
+        return settings.TWITCH_AUTH_BASE_URL + "keys" in _known
+
+
 async def warm_keys() -> None:
     """Fetch Twitch's keys if none are known yet, quietly: Connect calls it while
     the person is on Twitch's consent page, so even a new process's first callback
