@@ -209,7 +209,7 @@ class TokenEvent(models.Model):
     class Source(models.TextChoices):
         USER = "user", "The user"
         STAFF = "staff", "Staff (admin)"
-        COMMAND = "command", "refresh_tokens command"
+        COMMAND = "command", "A management command"
         SITE = "site", "Site code"
         TWITCH = "twitch", "Twitch (EventSub)"
 

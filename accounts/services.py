@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from django.contrib.auth.base_user import AbstractBaseUser
 
+from accounts.eventsub import Notification, on_event
 from accounts.models import TwitchToken
 from accounts.oauth.connect import AlreadyLinked, ScopesNotOffered, connect
 from accounts.roles import BOT_ROLE, DEFAULT_ROLE
@@ -48,6 +49,7 @@ __all__ = [
     "AlreadyLinked",
     "InvalidCredential",
     "MissingScopes",
+    "Notification",
     "NoUsableToken",
     "RevokeOutcome",
     "ScopesNotOffered",
@@ -60,6 +62,7 @@ __all__ = [
     "connect",
     "connection_for",
     "connections_for",
+    "on_event",
     "revoke_token",
     "revoke_tokens",
     "twitch_app",

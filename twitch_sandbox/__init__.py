@@ -1,6 +1,8 @@
 """A local stand-in for Twitch's OAuth server (OpenID Connect included: ID
-tokens, rotating signing keys, discovery, UserInfo), Helix ``GET /users`` and
-EventSub webhooks for ``user.authorization.revoke``.
+tokens, rotating signing keys, discovery, UserInfo; the Device Code Grant), Helix
+``GET /users`` and EventSub webhooks (a catalogue of subscription types with their
+conditions and required scopes, deliveries that time out and are retried, costs,
+pagination).
 
 Built from shared/twitch-oauth.md: same paths, parameters, JSON fields, status
 codes and error bodies as Twitch, strict where Twitch is strict, plus handles
