@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import io
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connections
 
 from accounts.models import TokenEvent, TwitchToken
-from tests.conftest import make_token
+from tests.conftest import BASE_DIR, make_token, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,6 +51,8 @@ def run_in_background(*args: str) -> tuple[threading.Thread, Terminal, list]:
             call_command("connect_twitch", *args, stdout=out, stderr=io.StringIO())
         except CommandError as error:
             failures.append(error)
+        finally:
+            connections.close_all()  # this thread's own
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -163,3 +169,74 @@ def test_twitch_down_is_a_clear_error(alice, sandbox):
 
     with pytest.raises(CommandError, match="Twitch did not start the device flow"):
         call_command("connect_twitch", "alice", stdout=io.StringIO())
+
+
+def test_ctrl_c_while_waiting_stops_at_once_and_leaves_nothing_at_twitch(
+    alice, sandbox
+):
+    command = subprocess.Popen(
+        [sys.executable, "manage.py", "connect_twitch", "alice", "--role", "bot"],
+        cwd=BASE_DIR,
+        env=process_env(sandbox, TWITCH_BOT_SCOPES=" ".join(BOT_SCOPES)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    printed = ""
+    while "enter the code" not in printed:
+        printed += command.stdout.readline()
+        assert command.poll() is None, command.stderr.read()
+    sandbox.wait_for_request("token")  # polling
+    user_code = re.search(r"enter the code (\S+)\.", printed).group(1)
+
+    command.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, errors = command.communicate(timeout=10)
+
+    assert command.returncode == 130
+    assert time.monotonic() - started < 3
+    assert "Interrupted: nothing was connected." in errors
+    assert "Traceback" not in errors
+    polls = sandbox.count("token")
+    time.sleep(1.5)  # longer than the interval: nobody polls any more
+    assert sandbox.count("token") == polls
+    # Approving now grants nothing anybody holds.
+    sandbox.approve_device(user_code, login="alicebot")
+    assert sandbox.live_tokens("alicebot").access == []
+    assert not TwitchToken.objects.exists()
+
+
+def test_the_bots_eventsub_subscriptions_exist_when_the_command_ends(
+    alice, sandbox, settings
+):
+    settings.TWITCH_EVENTSUB_CALLBACK_URL = "https://testserver/twitch/eventsub/"
+    settings.TWITCH_EVENTSUB_SECRET = "a-secret-of-twenty-chars"
+    settings.TWITCH_EVENTSUB_TYPES = "channel.chat.message"
+    sandbox.allow_insecure_callbacks = True
+    make_token(
+        alice,
+        sandbox,
+        login="alice",
+        scopes=["chat:read", "channel:bot"],
+    )
+    sandbox.issue_tokens(login="alice", scopes=["channel:bot"])
+
+    thread, out, failures = run_in_background("alice", "--role", "bot")
+    sandbox.approve_device(out.user_code(), login="alicebot")
+    thread.join(timeout=30)
+
+    assert failures == []
+    assert [s["type"] for s in sandbox.subscriptions()] == ["channel.chat.message"]
+
+
+def test_the_persons_own_account_as_their_bot_is_pointed_out(alice, sandbox):
+    make_token(
+        alice, sandbox, login="alice", twitch_user_id=sandbox.add_user("alice").id
+    )
+
+    thread, out, failures = run_in_background("alice", "--role", "bot")
+    sandbox.approve_device(out.user_code(), login="alice")
+    thread.join(timeout=20)
+
+    assert failures == []
+    assert "alice is also alice's twitch account" in out.getvalue()

@@ -89,3 +89,14 @@ def test_every_connection_becomes_the_default_role_with_its_tokens_and_history(
         user=alice, role="bot", twitch_user_id="8", login="alicebot"
     )
     assert alice.twitch_tokens.count() == 2
+
+
+def test_going_back_before_roles_is_refused_while_bots_exist(
+    migrated_back, alice, sandbox
+):
+    make_token(alice, sandbox, role="bot", login="alicebot")
+
+    with pytest.raises(RuntimeError, match="roles other than 'main' exist"):
+        migrate([("accounts", "0006_eventsub_message_digest")])
+
+    assert TwitchToken.objects.get().role == "bot"  # nothing was undone

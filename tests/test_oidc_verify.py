@@ -3,6 +3,7 @@ sandbox really issued, forged ones included, and its cache of Twitch's keys."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -129,6 +130,10 @@ async def test_no_id_token_at_all_is_missing(nothing: str | None) -> None:
         ("missing", "missing"),
         ("alg_none", "signature"),
         ("hs256", "signature"),
+        ("missing_iat", "malformed"),
+        ("far_future_exp", "malformed"),
+        ("wrong_azp", "audience"),
+        ("audience_list", "audience"),
     ],
 )
 async def test_a_forged_token_is_refused_with_its_reason(
@@ -331,4 +336,40 @@ async def test_after_keys_were_unavailable_the_next_token_fetches_them(
     verified = await verify(token)
 
     assert verified.login == "alice"
+    assert sandbox.count("keys") == 2
+
+
+async def test_tokens_with_a_new_key_arriving_together_all_wait_for_one_fetch(
+    sandbox: Sandbox,
+) -> None:
+    await verify(id_token(sandbox))
+    sandbox.rotate_signing_key(keep_old=False)
+    sandbox.set_latency(0.2, "keys")
+    tokens = [id_token(sandbox) for _ in range(5)]
+
+    verified = await asyncio.gather(*(verify(token) for token in tokens))
+
+    assert {v.login for v in verified} == {"alice"}
+    assert sandbox.count("keys") == 2  # the first fetch, and one for the new kid
+
+
+async def test_callbacks_on_a_cold_process_share_one_fetch(sandbox: Sandbox) -> None:
+    sandbox.set_latency(0.2, "keys")
+    tokens = [id_token(sandbox) for _ in range(5)]
+
+    await asyncio.gather(*(verify(token) for token in tokens))
+
+    assert sandbox.count("keys") == 1
+
+
+async def test_keys_older_than_their_maximum_age_are_fetched_again(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = id_token(sandbox)
+    await verify(before)
+    sandbox.rotate_signing_key(keep_old=False)
+    monkeypatch.setattr(oidc, "KEYS_MAX_AGE", 0.0)  # as if a day had passed
+
+    # The key Twitch withdrew no longer verifies.
+    assert await refused(before) == "unknown_key"
     assert sandbox.count("keys") == 2

@@ -376,3 +376,87 @@ def test_a_malformed_role_declaration_is_a_system_check_error(settings, extra):
     settings.TWITCH_EXTRA_ROLES = extra
 
     assert [message.id for message in check_extra_roles()] == ["accounts.E013"]
+
+
+async def test_disconnecting_a_role_nobody_holds_is_refused_without_echoing_it(
+    alice_client,
+):
+    response = await alice_client.post("/twitch/disconnect/", {"role": "ceo"})
+
+    assert response.status_code == 400
+    assert "ceo" not in page(response)
+
+
+async def test_a_callback_for_a_role_switched_off_meanwhile_connects_nothing(
+    alice_client, sandbox, settings
+):
+    started = await alice_client.post("/twitch/connect/", {"role": "bot"})
+    back = await approve_on_twitch(started["Location"], login="alicebot")
+    settings.TWITCH_BOT_SCOPES = []
+
+    response = await callback(alice_client, back)
+
+    assert response.status_code == 400
+    assert await connections() == {}
+    assert sandbox.count("token") == 0  # the code was never exchanged
+
+
+async def test_the_persons_own_account_as_their_bot_is_pointed_out(alice_client):
+    await connect_twitch(alice_client, login="alicestreams")
+
+    response = await connect_twitch(alice_client, login="alicestreams", role="bot")
+    home = page(await alice_client.get("/"))
+
+    assert response.status_code == 302
+    assert "alicestreams is also your twitch account." in home
+    assert "This is also your twitch account." in home
+
+
+async def test_connecting_the_own_account_while_holding_a_bot_shows_twitchs_consent(
+    alice_client,
+):
+    await connect_twitch(alice_client, login="alicebot", role="bot")
+
+    query = await start_connect(alice_client)
+
+    # The browser is most likely signed in to Twitch as the bot by now.
+    assert query["force_verify"] == "true"
+
+
+async def test_a_role_name_typo_in_site_code_is_a_clear_error(alice):
+    with pytest.raises(ValueError, match="no Twitch connection role 'bto'"):
+        async with twitch_for(alice, role="bto"):
+            pass
+
+
+def test_the_bots_optional_scopes_alone_are_a_warning(settings):
+    from accounts.checks import check_roles_switched_on
+
+    settings.TWITCH_BOT_SCOPES = []
+    settings.TWITCH_BOT_OPTIONAL_SCOPES = ["user:bot"]
+
+    assert [m.id for m in check_roles_switched_on()] == ["accounts.W016"]
+
+
+def test_a_declared_role_without_scopes_is_a_warning(settings):
+    from accounts.checks import check_roles_switched_on
+
+    settings.TWITCH_EXTRA_ROLES = {"viewer": {"label": "Viewer account"}}
+
+    assert [m.id for m in check_roles_switched_on()] == ["accounts.W016"]
+
+
+def test_the_audit_trail_and_the_user_page_name_each_connections_role(
+    admin_client, alice, sandbox
+):
+    make_token(alice, sandbox, login="alice")
+    bot = make_token(alice, sandbox, login="alicebot", role="bot", twitch_user_id="42")
+    event = TokenEvent.objects.create(
+        token=bot, action="connect", outcome="succeeded", source="user"
+    )
+
+    audit = page(admin_client.get(f"/admin/accounts/tokenevent/{event.pk}/change/"))
+    user_page = page(admin_client.get(f"/admin/auth/user/{alice.pk}/change/"))
+
+    assert "Bot account" in audit
+    assert user_page.index("Twitch account") < user_page.index("Bot account")

@@ -86,6 +86,10 @@ FORGERIES = (
     "missing",  # no id_token in the token answer at all
     "alg_none",  # unsigned ("alg": "none")
     "hs256",  # HMAC-signed with the public key as the secret (alg confusion)
+    "missing_iat",  # no iat (OIDC requires it)
+    "far_future_exp",  # exp past any date a datetime holds
+    "wrong_azp",  # azp another client, aud ours
+    "audience_list",  # aud a list holding ours and another
 )
 WRONG_AUDIENCE = "another-client-id"
 WRONG_ISSUER = ISSUER + "/"
@@ -268,6 +272,14 @@ class OpenID:
             payload.pop("nonce", None)
         elif kind == "non_digit_subject":
             payload["sub"] = f"user-{payload['sub']}"
+        elif kind == "missing_iat":
+            payload.pop("iat", None)
+        elif kind == "far_future_exp":
+            payload["exp"] = 10**12
+        elif kind == "wrong_azp":
+            payload["azp"] = WRONG_AUDIENCE
+        elif kind == "audience_list":
+            payload["aud"] = [payload["aud"], WRONG_AUDIENCE]
         return _signed(payload, key.private, kid=key.kid)
 
 

@@ -721,7 +721,9 @@ class Sandbox:
         ``oidc.FORGERIES``: ``"unknown_key"``, ``"bad_signature"``,
         ``"expired"``, ``"wrong_audience"``, ``"wrong_issuer"``,
         ``"wrong_nonce"``, ``"missing_nonce"``, ``"non_digit_subject"``,
-        ``"missing"`` (no ``id_token`` at all), ``"alg_none"``, ``"hs256"``.
+        ``"missing"`` (no ``id_token`` at all), ``"alg_none"``, ``"hs256"``,
+        ``"missing_iat"``, ``"far_future_exp"``, ``"wrong_azp"``,
+        ``"audience_list"``.
         Only code exchanges for ``openid`` mint ID tokens, so nothing else
         uses them up; ``clear_faults`` and ``reset`` drop them."""
         self.ledger.openid.forge(kind, times)

@@ -82,12 +82,17 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # Sessions begun with Sign in with Twitch, checked again at every request.
+    "accounts.oauth.signin.TwitchSignInBackend",
 ]
 AXES_FAILURE_LIMIT = 5
 AXES_COOLOFF_TIME = timedelta(minutes=15)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.web.views.sign_in_locked_out"
+# Axes' database handler, except that a sign-in with Twitch keeps failed password
+# attempts counted (it proves the Twitch account, not the password).
+AXES_HANDLER = "accounts.web.signin.KeepPasswordFailures"
 # The client address is REMOTE_ADDR only: behind a proxy, uvicorn's
 # --proxy-headers with --forwarded-allow-ips set to the proxy's address puts the
 # real client there. Trusting X-Forwarded-For from anyone would let an attacker

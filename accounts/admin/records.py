@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
-from django.db.models import QuerySet
+from django.db.models import Case, QuerySet, When
 from django.http import HttpRequest
 
 from accounts.admin.filters import (
@@ -25,7 +25,7 @@ from accounts.models import (
     TokenEvent,
     TwitchToken,
 )
-from accounts.roles import role_label
+from accounts.roles import DEFAULT_ROLE, role_label
 
 
 @admin.register(TokenEvent)
@@ -43,7 +43,16 @@ class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
     list_filter = ["action", "outcome", "source", TokenRoleFilter]
     search_fields = ["token__login", "=token__twitch_user_id", "token__user__username"]
     search_help_text = "Twitch login, Twitch user id or username."
-    fields = ["created_at", "token", "action", "outcome", "source", "actor", "detail"]
+    fields = [
+        "created_at",
+        "token",
+        "role",
+        "action",
+        "outcome",
+        "source",
+        "actor",
+        "detail",
+    ]
     readonly_fields = fields
 
     @admin.display(description="Role", ordering="token__role")
@@ -154,7 +163,7 @@ class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
     model = TwitchToken
     verbose_name = "Twitch connection"
     fields = [
-        "role",
+        "role_name",
         "login",
         "twitch_user_id",
         "status",
@@ -167,8 +176,14 @@ class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
     readonly_fields = fields
     show_change_link = True
 
+    @admin.display(description="Role")
+    def role_name(self, token: TwitchToken) -> str:
+        return token.role_label
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
-        return super().get_queryset(request).defer(*SECRETS)
+        # The person's own account first, then the others by name.
+        own_first = Case(When(role=DEFAULT_ROLE, then=0), default=1)
+        return super().get_queryset(request).defer(*SECRETS).order_by(own_first, "role")
 
 
 User = get_user_model()

@@ -7,6 +7,17 @@ from django.conf import settings
 from django.db import migrations, models
 
 
+def refuse_to_undo_roles(apps, schema_editor):
+    """Going back to one connection per person would drop bots (and an account
+    that is one person's own and another's bot): refuse, with a sentence."""
+    TwitchToken = apps.get_model("accounts", "TwitchToken")
+    if TwitchToken.objects.exclude(role="main").exists():
+        raise RuntimeError(
+            "Connections in roles other than 'main' exist (bots): revoke and delete "
+            "them in the admin before migrating accounts back before 0007."
+        )
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0006_eventsub_message_digest"),
@@ -50,4 +61,6 @@ class Migration(migrations.Migration):
                 name="one_live_connection_per_twitch_account_and_role",
             ),
         ),
+        # Last, so that undoing the migration checks first.
+        migrations.RunPython(migrations.RunPython.noop, refuse_to_undo_roles),
     ]

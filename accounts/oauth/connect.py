@@ -10,6 +10,7 @@ import contextvars
 import copy
 import logging
 from collections.abc import Coroutine
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -132,8 +133,9 @@ async def keep_grant(
     try:
         info = await twitch.validate(grant.access_token)
         if user_id is not None and info.user_id != user_id:
-            raise twitch.TwitchUnavailable(
-                "Twitch's validation names another account than its ID token."
+            raise twitch.InvalidIdToken(
+                "Twitch's validation names another account than its ID token.",
+                reason="subject",
             )
     except BaseException:
         await twitch.revoke_quietly(grant.access_token)
@@ -302,47 +304,67 @@ def _store_connection(
         "last_error": "",
         "claimed_until": None,
     }
-    try:
-        # A Twitch account connected to another user makes the write below break
-        # the one-live-connection constraint: no query to ask first.
-        with atomic_write():
-            previous = (
-                TwitchToken.objects.select_for_update()
-                .filter(user=user, role=role)
-                .first()
+    # Twice at most: a first connection of this role made at the same moment
+    # (another tab) makes our INSERT fail; the second try updates that row.
+    for attempt in (1, 2):
+        try:
+            return _write_connection(
+                user=user, role=role, info=info, fields=fields, source=source, now=now
             )
-            # Reconnecting updates the user's row for this role in place.
-            if previous is None:
-                token = TwitchToken.objects.create(user=user, role=role, **fields)
-            else:
-                TwitchToken.objects.filter(pk=previous.pk).update(
-                    **fields, updated_at=now
-                )
-                # The row as it now is, without reading it again; `previous`
-                # itself stays as it was, for the record below.
-                token = copy.copy(previous)
-                for name, value in {**fields, "updated_at": now}.items():
-                    setattr(token, name, value)
-            as_role = "" if role == DEFAULT_ROLE else f" ({role})"
-            if previous is None or previous.status == TwitchToken.Status.REVOKED:
-                detail = f"Connected as {info.login}{as_role}"
-            else:
-                detail = f"Reconnected as {info.login}{as_role} (was {previous.login})"
-            TokenEvent.objects.create(
-                token=token,
-                action=TokenEvent.Action.CONNECT,
-                outcome=TokenEvent.Outcome.SUCCEEDED,
-                source=source,
-                actor=user,
-                detail=detail[:200],
+        except IntegrityError:
+            # Another user has connected this Twitch account in this role
+            # (perhaps at this very moment); any other integrity failure is the
+            # database's, not the user's.
+            linked = _linked_elsewhere(
+                user=user, role=role, twitch_user_id=info.user_id
             )
-    except IntegrityError:
-        # Another user has connected this Twitch account (perhaps at this very
-        # moment); any other integrity failure is the database's, not the user's.
-        linked = _linked_elsewhere(user=user, role=role, twitch_user_id=info.user_id)
-        if linked.exists():
-            raise AlreadyLinked(info.login, role) from None
-        raise
+            if linked.exists():
+                raise AlreadyLinked(info.login, role) from None
+            mine = TwitchToken.objects.filter(user=user, role=role)
+            if attempt == 2 or not mine.exists():
+                raise
+    raise AssertionError("unreachable")
+
+
+def _write_connection(
+    *,
+    user: AbstractBaseUser,
+    role: str,
+    info: twitch.TokenInfo,
+    fields: dict[str, Any],
+    source: str,
+    now: datetime,
+) -> tuple[TwitchToken, str]:
+    # A Twitch account connected to another user makes the write below break the
+    # one-live-connection constraint: no query to ask first.
+    with atomic_write():
+        previous = (
+            TwitchToken.objects.select_for_update().filter(user=user, role=role).first()
+        )
+        # Reconnecting updates the user's row for this role in place.
+        if previous is None:
+            token = TwitchToken.objects.create(user=user, role=role, **fields)
+        else:
+            TwitchToken.objects.filter(pk=previous.pk).update(**fields, updated_at=now)
+            # The row as it now is, without reading it again; `previous` itself
+            # stays as it was, for the record below.
+            token = copy.copy(previous)
+            for name, value in {**fields, "updated_at": now}.items():
+                setattr(token, name, value)
+        as_role = "" if role == DEFAULT_ROLE else f" ({role})"
+        if previous is None or previous.status == TwitchToken.Status.REVOKED:
+            detail = f"Connected as {info.login}{as_role}"
+        else:
+            detail = f"Reconnected as {info.login}{as_role} (was {previous.login})"
+        TokenEvent.objects.create(
+            token=token,
+            action=TokenEvent.Action.CONNECT,
+            outcome=TokenEvent.Outcome.SUCCEEDED,
+            source=source,
+            # A person acting here; an operator's command acts for them.
+            actor=user if source == TokenEvent.Source.USER else None,
+            detail=detail[:200],
+        )
     replaced = ""
     if previous is not None and previous.status != TwitchToken.Status.REVOKED:
         replaced = previous.access_token

@@ -5,6 +5,8 @@ them); the view signs the person in (accounts/oauth/views.py)."""
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.views.decorators.debug import sensitive_variables
 
@@ -42,11 +44,14 @@ async def person_signing_in(*, code: str, nonce: str) -> AbstractBaseUser:
         )
     finally:
         in_background(twitch.revoke_quietly(grant.access_token))
+    # A working link only: one Twitch no longer accepts (or whose account is in
+    # doubt) is reconnected after a password sign-in first.
     linked = (
         await TwitchToken.objects.filter(
-            role=DEFAULT_ROLE, twitch_user_id=identity.user_id
+            role=DEFAULT_ROLE,
+            twitch_user_id=identity.user_id,
+            status=TwitchToken.Status.ACTIVE,
         )
-        .exclude(status=TwitchToken.Status.REVOKED)
         .select_related("user")
         .afirst()
     )
@@ -55,7 +60,43 @@ async def person_signing_in(*, code: str, nonce: str) -> AbstractBaseUser:
     user = linked.user
     if not user.is_active:
         raise SignInRefused("inactive")
-    if (user.is_staff or user.is_superuser) and not settings.TWITCH_SIGNIN_STAFF:
-        # A Twitch account must not become a way into /admin.
+    if not may_stay_signed_in(user):
         raise SignInRefused("staff")
     return user
+
+
+def may_stay_signed_in(user: AbstractBaseUser) -> bool:
+    """Staff and superusers only when TWITCH_SIGNIN_STAFF: a Twitch account must not
+    become a way into /admin."""
+    return settings.TWITCH_SIGNIN_STAFF or not (user.is_staff or user.is_superuser)
+
+
+class TwitchSignInBackend(ModelBackend):
+    """The sessions that Sign in with Twitch begins (AUTHENTICATION_BACKENDS).
+
+    It authenticates nobody itself: the callback knows the person from Twitch's ID
+    token. On every request it checks again what let them in, in the one query
+    that loads them: still active, still not staff (unless TWITCH_SIGNIN_STAFF),
+    their own Twitch connection still not revoked. Promoting them, or ending the
+    link (the person, staff, or Twitch itself), ends such a session too.
+    """
+
+    def authenticate(self, request: object, **credentials: object) -> None:
+        return None
+
+    def get_user(self, user_id: object) -> AbstractBaseUser | None:
+        user = (
+            get_user_model()
+            ._default_manager.filter(
+                pk=user_id,
+                twitch_tokens__role=DEFAULT_ROLE,
+                twitch_tokens__status__in=[
+                    TwitchToken.Status.ACTIVE,
+                    TwitchToken.Status.NEEDS_RECONNECT,
+                ],
+            )
+            .first()
+        )
+        if user is None or not self.user_can_authenticate(user):
+            return None
+        return user if may_stay_signed_in(user) else None

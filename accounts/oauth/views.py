@@ -20,29 +20,18 @@ from django.views.decorators.http import require_GET, require_POST
 from accounts import services, twitch
 from accounts.models import TokenEvent, TwitchToken
 from accounts.oauth import connect as connecting
+from accounts.oauth import pages
 from accounts.oauth import signin as signing_in
 from accounts.oauth import state as oauth_state
 from accounts.oauth.state import PendingFlow, Purpose
 from accounts.roles import DEFAULT_ROLE, ROLE_NAME_RE, Role, role_label, role_named
 from accounts.web.pages import failure_page, login_required
+from accounts.web.signin import SIGNED_IN_WITH_TWITCH
 
 logger = logging.getLogger(__name__)
 
-# The backend a Twitch sign-in is recorded with: the one that signs in by password,
-# so the session works as a password sign-in's does.
-PASSWORD_BACKEND = "django.contrib.auth.backends.ModelBackend"
-
-# RFC 6749, section 4.1.2.1: what an authorization server may put in `error`.
-OAUTH_ERROR_CODES = frozenset(
-    {
-        "invalid_request",
-        "unauthorized_client",
-        "unsupported_response_type",
-        "invalid_scope",
-        "server_error",
-        "temporarily_unavailable",
-    }
-)
+# The backend a Twitch sign-in's session is recorded with.
+TWITCH_SIGNIN_BACKEND = "accounts.oauth.signin.TwitchSignInBackend"
 
 
 @require_POST
@@ -51,7 +40,7 @@ OAUTH_ERROR_CODES = frozenset(
 async def connect(request: HttpRequest) -> HttpResponse:
     role = _posted_role(request)
     if role is None:
-        return await _unknown_role_page(request)
+        return await pages.unknown_role_page(request)
     try:
         scopes = await connecting.scopes_to_request(
             user=request.user, role=role, asked=request.POST.get("scopes", "")
@@ -71,9 +60,12 @@ async def connect(request: HttpRequest) -> HttpResponse:
         role=role.name,
         scopes=scopes,
         # Reconnecting asks Twitch to show the consent page again, so the user can
-        # pick another account or grant new scopes; so does every role but the
-        # default: the browser is most likely signed in to the person's own account.
-        force_verify=request.POST.get("reconnect") == "1" or not role.is_default,
+        # pick another account or grant new scopes; so does connecting a role
+        # while the person holds another: the browser is most likely signed in
+        # to Twitch as that other account.
+        force_verify=request.POST.get("reconnect") == "1"
+        or not role.is_default
+        or await _holds_another_role(request.user, role),
     )
     if settings.TWITCH_OPENID_CONNECT and not twitch.keys_known():
         # While the person is on Twitch: the callback then needs no key fetch.
@@ -126,7 +118,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
                     session=request.session
                 )
             )
-            return await _twitch_error(request, error, from_our_flow=ours)
+            return await pages.twitch_error_page(request, error, from_our_flow=ours)
         return await failure_page(
             request,
             "This Twitch sign-in link is incomplete. "
@@ -143,7 +135,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     if error:
-        return await _twitch_error(request, error, from_our_flow=True)
+        return await pages.twitch_error_page(request, error, from_our_flow=True)
     code = request.GET.get("code", "")
     if not code:
         return await failure_page(
@@ -159,6 +151,10 @@ async def callback(request: HttpRequest) -> HttpResponse:
             "Please sign in to this site first, then press Connect Twitch again.",
             status=400,
         )
+    if role_named(flow.role) is None:
+        # The site stopped offering this role since the flow began; the code is
+        # not exchanged, so Twitch issues no grant.
+        return await pages.unknown_role_page(request)
     try:
         token = await services.connect(
             user=user, code=code, role=flow.role, nonce=flow.nonce
@@ -182,7 +178,7 @@ async def callback(request: HttpRequest) -> HttpResponse:
             status=400,
         )
     except twitch.InvalidIdToken as invalid:
-        return await _invalid_id_token_page(request, invalid)
+        return await pages.invalid_id_token_page(request, invalid)
     except services.TwitchRejected as rejected:
         logger.error("Twitch refused the code exchange: %s", rejected)
         return await failure_page(
@@ -213,6 +209,13 @@ async def callback(request: HttpRequest) -> HttpResponse:
         messages.success(
             request, f"Connected {token.role_label.lower()} {token.login} on Twitch."
         )
+    if also := await _same_account_in_another_role(token):
+        messages.warning(
+            request,
+            f"{token.login} is also your {also.role_label.lower()}. If you meant "
+            "another account, press Reconnect there and, on Twitch, choose "
+            '"Not you?" to sign in as it.',
+        )
     return HttpResponseRedirect(flow.next_url)
 
 
@@ -223,8 +226,11 @@ async def disconnect(request: HttpRequest) -> HttpResponse:
     user = request.user
     role = _posted_role(request, enabled_only=False)
     if role is None:
-        return await _unknown_role_page(request)
+        return await pages.unknown_role_page(request)
     token = await services.connection_for(user=user, role=role.name)
+    if role_named(role.name) is None and token is None:
+        # A role the site dropped is accepted only where the person holds one.
+        return await pages.unknown_role_page(request)
     if token is None or token.status == TwitchToken.Status.REVOKED:
         messages.info(request, f"No {role.label.lower()} is connected.")
         return HttpResponseRedirect("/")
@@ -233,27 +239,31 @@ async def disconnect(request: HttpRequest) -> HttpResponse:
     )
     # Say exactly what happened: Twitch's revoke ends an access token, and it
     # promises nothing about the refresh token (which we no longer hold).
+    if role.is_default:
+        name, whose = token.login, "your"
+    else:
+        name, whose = f"{role.label.lower()} {token.login}", f"{token.login}'s"
     remove_at_twitch = (
-        "To remove this site from your Twitch account altogether, disconnect it "
-        "under Connections in your Twitch settings."
+        f"To remove this site from {whose} Twitch account altogether, disconnect it "
+        f"under Connections in {whose} Twitch settings."
     )
     if outcome is services.RevokeOutcome.REVOKED_LOCALLY:
         messages.warning(
             request,
-            f"Disconnected {token.login}: this site deleted its tokens, but Twitch "
+            f"Disconnected {name}: this site deleted its tokens, but Twitch "
             f"could not be reached to end them. {remove_at_twitch}",
         )
     elif outcome is services.RevokeOutcome.ALREADY_INVALID:
         messages.success(
             request,
-            f"Disconnected {token.login}: this site deleted its tokens. Twitch had "
+            f"Disconnected {name}: this site deleted its tokens. Twitch had "
             f"already ended the access token, so there was nothing to end there. "
             f"{remove_at_twitch}",
         )
     else:
         messages.success(
             request,
-            f"Disconnected {token.login}: Twitch ended this site's access token and "
+            f"Disconnected {name}: Twitch ended this site's access token and "
             f"this site deleted its tokens. {remove_at_twitch}",
         )
     return HttpResponseRedirect("/")
@@ -264,7 +274,8 @@ async def _sign_in(
 ) -> HttpResponse:
     """The callback of Sign in with Twitch: the linked person, signed in as a
     password sign-in would (session key cycled, `user_logged_in` sent)."""
-    if flow.nonce is None:  # begun with OpenID Connect off: cannot be verified
+    if flow.nonce is None or not settings.TWITCH_OPENID_CONNECT:
+        # Begun with OpenID Connect off (cannot be verified), or turned off since.
         return await failure_page(
             request,
             "This Twitch sign-in link has expired. Please try again.",
@@ -280,14 +291,15 @@ async def _sign_in(
             status=403,
         )
     except signing_in.SignInRefused as refused:
-        if refused.reason == "staff":
-            sentence = (
-                "Staff accounts cannot sign in with Twitch on this site. Please sign "
-                "in with your username and password."
-            )
-        else:
-            sentence = "This account is disabled. Please ask the site's staff."
-        return await failure_page(request, sentence, status=403)
+        # One sentence whatever the reason: whoever holds the Twitch account
+        # learns nothing about the site account (that it is staff, say).
+        logger.info("a Twitch sign-in was refused: %s", refused.reason)
+        return await failure_page(
+            request,
+            "This account cannot sign in with Twitch. Please sign in with your "
+            "username and password.",
+            status=403,
+        )
     except services.InvalidCredential:
         return await failure_page(
             request,
@@ -296,7 +308,7 @@ async def _sign_in(
             status=400,
         )
     except twitch.InvalidIdToken as invalid:
-        return await _invalid_id_token_page(request, invalid)
+        return await pages.invalid_id_token_page(request, invalid)
     except services.TwitchError as failed:
         logger.warning("Twitch failed during a sign-in: %s", failed)
         return await failure_page(
@@ -321,60 +333,11 @@ async def _sign_in(
             "Please try again later.",
             status=429,
         )
-    await alogin(request, person, backend=PASSWORD_BACKEND)
+    # Failed passwords stay counted (KeepPasswordFailures), and the session is
+    # one TwitchSignInBackend checks again at every request.
+    setattr(request, SIGNED_IN_WITH_TWITCH, True)
+    await alogin(request, person, backend=TWITCH_SIGNIN_BACKEND)
     return HttpResponseRedirect(flow.next_url)
-
-
-async def _invalid_id_token_page(
-    request: HttpRequest, invalid: twitch.InvalidIdToken
-) -> HttpResponse:
-    # The reason names the check, never the token. A nonce that does not match is
-    # most likely a replayed or injected code: the browser's to answer for (400);
-    # any other failure is Twitch's answer not holding up (502).
-    logger.warning("an ID token failed verification: %s", invalid.reason)
-    if invalid.reason == "nonce":
-        return await failure_page(
-            request,
-            "This Twitch sign-in does not belong to the one this browser started, so "
-            "nothing was changed. Please try again.",
-            status=400,
-        )
-    return await failure_page(
-        request,
-        "Twitch's answer could not be verified, so nothing was changed. Please try "
-        "again in a minute.",
-        status=502,
-    )
-
-
-async def _twitch_error(
-    request: HttpRequest, error: str, *, from_our_flow: bool
-) -> HttpResponse:
-    """The page for an OAuth error. `from_our_flow`: it came with a valid pending
-    state, or with none to a browser mid-flow (the first time for that flow), so it
-    is most likely Twitch answering this site (anyone can craft the link)."""
-    if error == "access_denied":
-        sentence = (
-            "You cancelled the connection on Twitch, so nothing was connected. "
-            "Press Connect Twitch whenever you are ready."
-        )
-    elif error == "redirect_mismatch":
-        if from_our_flow:
-            logger.error("Twitch reports redirect_mismatch: check TWITCH_REDIRECT_URI")
-        else:
-            logger.info("a callback without a valid state says redirect_mismatch")
-        sentence = (
-            "Twitch does not recognise this site's return address, so the connection "
-            "cannot finish. Please tell the site's staff."
-        )
-    else:
-        # Only OAuth's own error codes are named: never echo text that anyone
-        # could put in a link.
-        code = error if error in OAUTH_ERROR_CODES else "unknown error"
-        sentence = (
-            f"Twitch could not complete the connection ({code}). Please try again."
-        )
-    return await failure_page(request, sentence, status=400)
 
 
 def _posted_role(request: HttpRequest, *, enabled_only: bool = True) -> Role | None:
@@ -388,13 +351,25 @@ def _posted_role(request: HttpRequest, *, enabled_only: bool = True) -> Role | N
     return role
 
 
-async def _unknown_role_page(request: HttpRequest) -> HttpResponse:
-    # The posted name is not repeated: it is whatever the form sent.
-    return await failure_page(
-        request,
-        "This page asked for a kind of Twitch connection this site does not have, "
-        "so nothing was changed. Please tell the site's staff.",
-        status=400,
+async def _holds_another_role(user: object, role: Role) -> bool:
+    return (
+        await TwitchToken.objects.filter(user=user)
+        .exclude(role=role.name)
+        .exclude(status=TwitchToken.Status.REVOKED)
+        .aexists()
+    )
+
+
+async def _same_account_in_another_role(token: TwitchToken) -> TwitchToken | None:
+    """The person's live connection in another role to the same Twitch account: a
+    bot connected as the streamer's own account is most often a mistake."""
+    return (
+        await TwitchToken.objects.filter(
+            user_id=token.user_id, twitch_user_id=token.twitch_user_id
+        )
+        .exclude(pk=token.pk)
+        .exclude(status=TwitchToken.Status.REVOKED)
+        .afirst()
     )
 
 

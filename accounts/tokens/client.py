@@ -18,7 +18,7 @@ from django.views.decorators.debug import sensitive_variables
 from accounts import twitch
 from accounts.db import writer_turn
 from accounts.models import TokenEvent, TwitchToken
-from accounts.roles import DEFAULT_ROLE
+from accounts.roles import DEFAULT_ROLE, role_named
 from accounts.tokens.engine import FLUSH_EVERY, Outcome, Plan, amaintain_tokens
 from accounts.tokens.replay import areplay_spool
 from accounts.tokens.schedule import LEASE_GRACE
@@ -40,6 +40,7 @@ class MissingScopes(NoUsableToken):
             f"{' '.join(missing)}; they must reconnect it and approve them."
         )
         self.missing = missing
+        self.role = role
 
 
 class TokenStoreUnavailable(NoUsableToken):
@@ -79,6 +80,9 @@ async def twitch_for(
     `twitch.TwitchUnavailable` when Twitch cannot be reached; a call never waits
     longer than the seam's timeout.
     """
+    if role_named(role) is None:
+        # A typo must not read as "not connected".
+        raise ValueError(f"This site has no Twitch connection role {role!r}.")
     await areplay_spool(source=TokenEvent.Source.SITE)
     token = await _usable_token(user, role)
     # Before any call to Twitch: a missing scope is not Twitch's to tell us.

@@ -15,6 +15,8 @@ into a flood of fetches.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +45,13 @@ LEEWAY = 60
 # The least time between two fetches of the keys for an unknown key id. Read at
 # each call (tests shorten it).
 KEYS_REFETCH_INTERVAL = 60.0
+# Keys are fetched again after this long even when every kid is known, so a key
+# Twitch withdrew stops verifying.
+KEYS_MAX_AGE = 24 * 3600.0
+# How long a caller waits for another's fetch of the keys (the seam's timeout).
+KEYS_WAIT = 10.0
+# Twitch's ID tokens live 15 minutes; one meant to live longer than this is not one.
+MAX_LIFETIME = 24 * 3600
 # Far longer than any JWT Twitch issues; a longer string is not worth parsing.
 MAX_TOKEN_LENGTH = 16 * 1024
 # Display names are login-length in practice; this bounds what we keep.
@@ -65,11 +74,16 @@ class IdToken:
 
 @dataclass
 class _Keys:
-    """Twitch's published keys as last fetched from one URL."""
+    """Twitch's published keys as last fetched from one URL, and the fetch under
+    way, if any."""
 
-    by_kid: dict[str, Any]
-    # time.monotonic() of the last fetch for an unknown key id; None: none yet.
-    refetched_at: float | None = field(default=None)
+    by_kid: dict[str, Any] = field(default_factory=dict)
+    # time.monotonic() of the last successful fetch; None: none yet.
+    fetched_at: float | None = None
+    # time.monotonic() of the last fetch begun for an unknown key id.
+    refetched_at: float | None = None
+    # Set when the fetch under way ends; None when none is.
+    in_flight: threading.Event | None = None
 
 
 # Per keys URL, shared by every event loop and thread of the process; the lock is
@@ -143,9 +157,11 @@ def _decoded(id_token: str, key: Any, *, client_id: str) -> dict[str, Any]:
         raise _invalid("issuer", "The ID token is not issued by Twitch.") from None
     except jwt.InvalidAudienceError:
         raise _invalid("audience", "The ID token is for another application.") from None
-    except jwt.InvalidSubjectError:
+    except jwt.exceptions.InvalidSubjectError:
         raise _invalid("subject", "The ID token's subject is not a user id.") from None
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, OverflowError, TypeError):
+        # Any other claim PyJWT refuses (a missing or malformed iat or exp, ...),
+        # or cannot even read: a malformed token, never a failure of ours.
         raise _invalid("malformed", "The ID token's claims are malformed.") from None
 
 
@@ -164,6 +180,9 @@ def _id_token(claims: dict[str, Any], *, client_id: str, nonce: str | None) -> I
     issued_at, expires_at = claims["iat"], claims["exp"]
     if not all(_is_time(value) for value in (issued_at, expires_at)):
         raise _invalid("malformed", "The ID token's times are not whole seconds.")
+    if not 0 < expires_at - issued_at <= MAX_LIFETIME:
+        # Twitch's live 15 minutes; a token valid for longer is not Twitch's.
+        raise _invalid("malformed", "The ID token's lifetime is implausible.")
     display_name = claims.get("preferred_username", "")
     if not isinstance(display_name, str) or not _is_display_name(display_name):
         raise _invalid("malformed", "The ID token's preferred_username is malformed.")
@@ -206,7 +225,8 @@ def _invalid(reason: IdTokenProblem, message: str) -> InvalidIdToken:
 def keys_known() -> bool:
     """Whether Twitch's keys have been fetched in this process."""
     with _lock:
-        return settings.TWITCH_AUTH_BASE_URL + "keys" in _known
+        keys = _known.get(_keys_url())
+        return keys is not None and keys.fetched_at is not None
 
 
 async def warm_keys() -> None:
@@ -214,43 +234,70 @@ async def warm_keys() -> None:
     the person is on Twitch's consent page, so even a new process's first callback
     verifies its ID token without a round trip. A failure is left for the callback
     to meet (and report)."""
-    url = settings.TWITCH_AUTH_BASE_URL + "keys"
-    with _lock:
-        if url in _known:
-            return
+    with contextlib.suppress(TwitchError):
+        await _public_key(None)
+
+
+async def _public_key(kid: str | None) -> Any | None:
+    """The public key Twitch signs with under `kid` (None: just have the keys),
+    None when Twitch does not publish it.
+
+    The keys are fetched when none are known, when they are older than
+    KEYS_MAX_AGE, and again for a kid not seen before, at most once per
+    KEYS_REFETCH_INTERVAL: a flood of unknown kids is one fetch. Callers who
+    arrive while a fetch is under way wait for it rather than fetch too (or fail:
+    a callback with Twitch's brand-new key must not lose the race to another).
+    """
+    url = _keys_url()
+    while True:
+        with _lock:
+            keys = _known.setdefault(url, _Keys())
+            now = time.monotonic()
+            fresh = keys.fetched_at is not None and (
+                now - keys.fetched_at < KEYS_MAX_AGE
+            )
+            if fresh and (kid is None or kid in keys.by_kid):
+                return keys.by_kid.get(kid) if kid else None
+            wait_for = keys.in_flight
+            if wait_for is None:
+                if (
+                    fresh
+                    and keys.refetched_at is not None
+                    and (now - keys.refetched_at < KEYS_REFETCH_INTERVAL)
+                ):
+                    return None  # an unknown kid, and the keys were just fetched
+                if fresh:
+                    keys.refetched_at = now  # a refetch for an unknown kid
+                keys.in_flight = ours = threading.Event()
+        if wait_for is None:
+            break
+        # Another caller is fetching: wait for it, then look again (without
+        # holding a thread of the loop: the event is a thread's).
+        await asyncio.to_thread(wait_for.wait, KEYS_WAIT)
+        if not wait_for.is_set():
+            raise TwitchUnavailable("Twitch's keys are being fetched too slowly.")
+        with _lock:
+            keys = _known[url]
+            if keys.fetched_at is not None and (kid is None or kid in keys.by_kid):
+                return keys.by_kid.get(kid) if kid else None
+            if keys.fetched_at is not None and kid is not None:
+                return None  # fetched just now, and still unknown
+        # That fetch failed: try ourselves (each caller at most once more).
     try:
         by_kid = await _fetch_keys(url)
-    except TwitchError:
-        return
+    except BaseException:
+        with _lock:
+            keys.in_flight = None
+        ours.set()
+        raise
     with _lock:
-        _known.setdefault(url, _Keys(by_kid=by_kid))
+        keys.by_kid, keys.fetched_at, keys.in_flight = by_kid, time.monotonic(), None
+    ours.set()
+    return by_kid.get(kid) if kid else None
 
 
-async def _public_key(kid: str) -> Any | None:
-    """The public key Twitch signs with under `kid`, fetching the keys when none
-    are known yet, or again for a kid not seen before (at most once per
-    KEYS_REFETCH_INTERVAL); None when Twitch does not publish it."""
-    url = settings.TWITCH_AUTH_BASE_URL + "keys"
-    with _lock:
-        known = _known.get(url)
-        if known is not None:
-            if kid in known.by_kid:
-                return known.by_kid[kid]
-            now = time.monotonic()
-            if (
-                known.refetched_at is not None
-                and now - known.refetched_at < KEYS_REFETCH_INTERVAL
-            ):
-                return None
-            # Claimed before the fetch: tokens arriving meanwhile do not fetch too.
-            known.refetched_at = now
-    by_kid = await _fetch_keys(url)
-    with _lock:
-        earlier = _known.get(url)
-        _known[url] = _Keys(
-            by_kid=by_kid, refetched_at=earlier.refetched_at if earlier else None
-        )
-    return by_kid.get(kid)
+def _keys_url() -> str:
+    return settings.TWITCH_AUTH_BASE_URL + "keys"
 
 
 async def _fetch_keys(url: str) -> dict[str, Any]:

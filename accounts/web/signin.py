@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from axes.handlers.database import AxesDatabaseHandler
 from django.conf import settings
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
@@ -28,6 +29,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator
 from django.db import connection, transaction
 from django.forms import CharField
+from django.http import HttpRequest
 
 
 @contextmanager
@@ -115,3 +117,25 @@ class SignInView(LoginView):
         context = super().get_context_data(**kwargs)
         context["twitch_signin"] = settings.TWITCH_OPENID_CONNECT
         return context
+
+
+# Set on a request that signs someone in with Twitch (accounts/oauth/views.py).
+SIGNED_IN_WITH_TWITCH = "signed_in_with_twitch"
+
+
+class KeepPasswordFailures(AxesDatabaseHandler):
+    """django-axes' database handler (AXES_HANDLER), except that a sign-in with
+    Twitch leaves the account's failed password attempts counted: it proves control
+    of the Twitch account, not knowledge of the password, so it must not give
+    whoever holds that account five more guesses (AXES_RESET_ON_SUCCESS).
+
+    `reset_user_attempts` is the database handler's own method, not a documented
+    hook: tests/test_signin_with_twitch.py fails if axes stops resetting through it
+    after a password sign-in, or starts to after a Twitch one."""
+
+    def reset_user_attempts(
+        self, request: HttpRequest, credentials: dict[str, Any] | None = None
+    ) -> int:
+        if getattr(request, SIGNED_IN_WITH_TWITCH, False):
+            return 0
+        return super().reset_user_attempts(request, credentials)

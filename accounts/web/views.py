@@ -54,11 +54,30 @@ async def home(request: HttpRequest) -> HttpResponse:
                     "token": token,
                     "is_default": role.is_default,
                     "enabled": index < enabled,
+                    "also": _also(token, sections),
                 }
                 for index, (role, token) in enumerate(sections)
             ],
         },
     )
+
+
+def _also(
+    token: TwitchToken | None, sections: list[tuple[Role, TwitchToken | None]]
+) -> str:
+    """The label of another role this same Twitch account is connected in, if any:
+    a bot connected as the person's own account is most often a mistake."""
+    if token is None or token.status == TwitchToken.Status.REVOKED:
+        return ""
+    for role, other in sections:
+        if (
+            other is not None
+            and other.pk != token.pk
+            and other.status != TwitchToken.Status.REVOKED
+            and other.twitch_user_id == token.twitch_user_id
+        ):
+            return role.label
+    return ""
 
 
 def sign_in_locked_out(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

@@ -13,6 +13,8 @@ arguments; 130 when interrupted (Ctrl-C) while waiting.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -20,6 +22,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from accounts import twitch
+from accounts.eventsub.tasks import finish_background_work as finish_eventsub_work
 from accounts.models import TokenEvent, TwitchToken
 from accounts.oauth.connect import (
     AlreadyLinked,
@@ -28,6 +31,9 @@ from accounts.oauth.connect import (
     scopes_to_request,
 )
 from accounts.roles import DEFAULT_ROLE, Role, enabled_roles, role_named
+
+# How long the command waits, once connected, for the work the connect started.
+BACKGROUND_PATIENCE = 15.0  # seconds
 
 
 class Command(BaseCommand):
@@ -61,7 +67,9 @@ class Command(BaseCommand):
                 f"This site has no role {role!r} (it has: {names}).", returncode=2
             )
         try:
-            token = twitch.run_sync(self._connect, user, chosen)
+            # In this thread's own event loop: Ctrl-C cancels the polling (and a
+            # grant being stored is then revoked, not left alive at Twitch).
+            token = asyncio.run(self._connect_and_finish(user, chosen))
         except KeyboardInterrupt:
             self.stderr.write("Interrupted: nothing was connected.")
             raise SystemExit(130) from None
@@ -71,6 +79,34 @@ class Command(BaseCommand):
                 f"(scopes: {' '.join(token.scopes) or 'none'})."
             )
         )
+        if (
+            own := TwitchToken.objects.filter(
+                user=user, twitch_user_id=token.twitch_user_id
+            )
+            .exclude(pk=token.pk)
+            .exclude(status=TwitchToken.Status.REVOKED)
+            .first()
+        ):
+            self.stdout.write(
+                self.style.WARNING(
+                    f"{token.login} is also {username}'s {own.role_label.lower()}. "
+                    "If that was not meant, run this again and sign in to Twitch "
+                    "as the other account on the device."
+                )
+            )
+
+    async def _connect_and_finish(self, user: Any, chosen: Role) -> TwitchToken:
+        try:
+            return await self._connect(user, chosen)
+        finally:
+            # What the connect started in the background (revoking a replaced
+            # grant, creating the account's EventSub subscriptions) is seen
+            # through, within bounds, before the loop ends and would drop it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BACKGROUND_PATIENCE):
+                    await finish_background_work()
+                    await finish_eventsub_work()
+            await twitch.close_http_session()
 
     async def _connect(self, user: Any, chosen: Role) -> TwitchToken:
         scopes = await scopes_to_request(user=user, role=chosen, asked="")
@@ -124,10 +160,4 @@ class Command(BaseCommand):
                 "The database refused to store the connection; nothing connected "
                 "(its new grant was revoked). Try again."
             ) from None
-        finally:
-            # The replaced grant's revoke runs in the background: see it through
-            # before the command ends with what is left.
-            await finish_background_work()
-            # Background work runs outside this command's own HTTP session.
-            await twitch.close_http_session()
         return token
