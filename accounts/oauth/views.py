@@ -24,7 +24,14 @@ from accounts.oauth import pages
 from accounts.oauth import signin as signing_in
 from accounts.oauth import state as oauth_state
 from accounts.oauth.state import PendingFlow, Purpose
-from accounts.roles import DEFAULT_ROLE, ROLE_NAME_RE, Role, role_label, role_named
+from accounts.roles import (
+    DEFAULT_ROLE,
+    ROLE_NAME_RE,
+    Role,
+    enabled_roles,
+    role_label,
+    role_named,
+)
 from accounts.web.pages import failure_page, login_required
 from accounts.web.signin import SIGNED_IN_WITH_TWITCH
 
@@ -352,6 +359,8 @@ def _posted_role(request: HttpRequest, *, enabled_only: bool = True) -> Role | N
 
 
 async def _holds_another_role(user: object, role: Role) -> bool:
+    if len(enabled_roles()) == 1:
+        return False  # one role: nothing to ask the database
     return (
         await TwitchToken.objects.filter(user=user)
         .exclude(role=role.name)
@@ -363,6 +372,8 @@ async def _holds_another_role(user: object, role: Role) -> bool:
 async def _same_account_in_another_role(token: TwitchToken) -> TwitchToken | None:
     """The person's live connection in another role to the same Twitch account: a
     bot connected as the streamer's own account is most often a mistake."""
+    if len(enabled_roles()) == 1:
+        return None  # one role: nothing to ask the database
     return (
         await TwitchToken.objects.filter(
             user_id=token.user_id, twitch_user_id=token.twitch_user_id
