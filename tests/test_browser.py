@@ -228,7 +228,7 @@ async def test_a_streamer_connects_their_account_and_their_bot_then_drops_the_bo
     assert "Connected as hanabot" in await page.inner_text("#role-bot")
 
     await page.click("#role-bot >> text=Disconnect")
-    await page.wait_for_selector("text=Disconnected hanabot:")
+    await page.wait_for_selector("text=Disconnected bot account hanabot:")
     assert "No bot account is connected" in await page.inner_text("#role-bot")
     assert "Connected as hanastreams" in await page.inner_text("#role-main")
     await assert_no_csp_violations(page)
