@@ -168,6 +168,34 @@ def check_extra_roles(**kwargs: Any) -> list[checks.CheckMessage]:
     return messages
 
 
+@checks.register()
+def check_roles_switched_on(**kwargs: Any) -> list[checks.CheckMessage]:
+    """Role settings that do nothing, most likely by mistake."""
+    messages: list[checks.CheckMessage] = []
+    if settings.TWITCH_BOT_OPTIONAL_SCOPES and not settings.TWITCH_BOT_SCOPES:
+        messages.append(
+            checks.Warning(
+                "TWITCH_BOT_OPTIONAL_SCOPES is set but TWITCH_BOT_SCOPES is empty, so "
+                "the bot role is off.",
+                hint="Set TWITCH_BOT_SCOPES (e.g. 'user:bot user:read:chat "
+                "user:write:chat') to switch the bot role on.",
+                id="accounts.W016",
+            )
+        )
+    extra = settings.TWITCH_EXTRA_ROLES
+    for name, declared in extra.items() if isinstance(extra, dict) else []:
+        if isinstance(declared, dict) and not declared.get("scopes"):
+            messages.append(
+                checks.Warning(
+                    f"TWITCH_EXTRA_ROLES: {name!r} asks for no scopes, so its "
+                    "connections can only say who the account is.",
+                    hint="Give it the scopes the code using that role needs.",
+                    id="accounts.W016",
+                )
+            )
+    return messages
+
+
 def _scopes_twitch_lacks(name: str, scopes: list[str]) -> list[checks.CheckMessage]:
     """Scopes Twitch refuses (never had, or removed) are errors: Connect would fail
     in production. Deprecated ones are a warning. A scope Twitch has and twitchAPI
@@ -438,18 +466,46 @@ def check_eventsub_types(**kwargs: Any) -> list[checks.CheckMessage]:
     return messages
 
 
-@checks.register()
-def check_eventsub_versions(**kwargs: Any) -> list[checks.CheckMessage]:
-    """Twitch revoked a subscription with `version_removed`: the type's version
-    the site asks for is gone, and nothing arrives until it is changed."""
-    if not settings.TWITCH_EVENTSUB_CALLBACK_URL:
+@checks.register(checks.Tags.database)
+def check_eventsub_versions(
+    *, databases: list[str] | None = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """Twitch revoked a subscription with `version_removed` and the site still
+    asks for that type's version: nothing of it arrives until it is changed.
+
+    A warning read from the database, so only when database checks are asked for
+    (`check --database default`, `migrate`): every command runs the other
+    checks first, and cron's must neither stop on a row nor wait on a database
+    that does not answer. `manage.py eventsub status` shows it too."""
+    if not databases or not settings.TWITCH_EVENTSUB_CALLBACK_URL:
         return []
+    from accounts.eventsub import catalogue
+
+    wanted = {(kind.name, kind.version) for kind in catalogue.wanted_types()}
+    if not wanted:
+        return []
+    return [
+        checks.Warning(
+            f"Twitch removed EventSub {kind} version {version} (version_removed), "
+            "which TWITCH_EVENTSUB_TYPES still asks for: its subscriptions are gone.",
+            hint="Use a version Twitch supports in TWITCH_EVENTSUB_TYPES (update the "
+            "site if its catalogue lacks it) and run `manage.py eventsub subscribe`.",
+            id="accounts.W015",
+        )
+        for kind, version in removed_versions()
+        if (kind, version) in wanted
+    ]
+
+
+def removed_versions() -> list[tuple[str, str]]:
+    """The type versions Twitch revoked subscriptions of with `version_removed`;
+    none while the database cannot say (not migrated yet, or down)."""
     from django.db import DatabaseError
 
     from accounts.models import EventSubRevocation
 
     try:
-        removed = sorted(
+        return sorted(
             set(
                 EventSubRevocation.objects.filter(reason="version_removed").values_list(
                     "subscription_type", "subscription_version"
@@ -457,15 +513,4 @@ def check_eventsub_versions(**kwargs: Any) -> list[checks.CheckMessage]:
             )
         )
     except DatabaseError:
-        return []  # not migrated yet, or down: nothing to say
-    return [
-        checks.Error(
-            f"Twitch removed EventSub {kind} version {version} (version_removed): "
-            "its subscriptions are gone.",
-            hint="Use a version Twitch supports in TWITCH_EVENTSUB_TYPES (update the "
-            "site if its catalogue lacks it), run `manage.py eventsub subscribe`, "
-            "then delete the revocation in the admin.",
-            id="accounts.E015",
-        )
-        for kind, version in removed
-    ]
+        return []

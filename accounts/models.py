@@ -302,9 +302,15 @@ class EventSubMessage(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # A lease: while it lies in the future one worker is handling the message.
     claimed_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # That worker's token: each of its later writes holds only while it is still
+    # the claim (a worker whose lease ran out has been taken over).
+    claim = models.CharField(max_length=32, blank=True, editable=False)
     handled_at = models.DateTimeField(null=True, blank=True)
     # Handlers (by name) that are done with it, so a retry runs only the others.
     done = models.JSONField(default=list, blank=True)
+    # The connections a `user.authorization.revoke` revoked (their ids), kept
+    # until `token_revoked` receivers have been told of them.
+    revoked_tokens = models.JSONField(default=list, blank=True)
     last_error = models.CharField(max_length=200, blank=True)
 
     class Meta:

@@ -432,3 +432,29 @@ async def test_a_failing_signal_receiver_neither_fails_the_webhook_nor_repeats(
     assert response.status_code == 204
     assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED
     assert any("receiver" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "message_type", ["", "notifcation"], ids=["missing", "unknown"]
+)
+async def test_a_signed_message_of_no_known_type_is_a_400_and_not_kept(
+    alice, sandbox, message_type, caplog
+):
+    token = await amake_token(alice, sandbox)
+    raw, headers = signed(
+        revoke_notification(token.twitch_user_id), message_type=message_type
+    )
+    if not message_type:
+        del headers["Twitch-Eventsub-Message-Type"]
+
+    response = await post(raw, headers)
+
+    assert response.status_code == 400
+    assert not await EventSubMessage.objects.aexists()
+    assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
+    assert any("message type" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_unsigned_message_of_no_known_type_is_still_a_403():
+    raw, headers = signed({"x": 1}, message_type="whatever", secret="not-ours-at-all")
+    assert (await post(raw, headers)).status_code == 403

@@ -5,16 +5,30 @@ when it failed or died first."""
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import time_machine
 from asgiref.sync import sync_to_async
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.utils import timezone
 
 from accounts import signals
 from accounts.eventsub import Notification, handlers, inbox, on_event, tasks
 from accounts.models import EventSubMessage, TokenEvent, TwitchToken
-from tests.conftest import database_write_lock, listening, make_token, page
+from tests.conftest import (
+    database_write_lock,
+    impatient_database,
+    listening,
+    make_token,
+    page,
+)
 from tests.test_eventsub import (
     amake_token,
     answer,
@@ -268,3 +282,200 @@ def test_staff_can_retry_a_failed_message_from_the_admin(admin_client):
 
     retried = EventSubMessage.objects.get()
     assert (retried.status, retried.attempts) == ("pending", 0)
+
+
+async def test_a_handler_that_outlives_its_claim_is_not_run_twice_at_once(
+    alice, sandbox, registered, monkeypatch
+):
+    monkeypatch.setattr(inbox, "LEASE", timedelta(seconds=1))
+    monkeypatch.setattr(inbox, "LEASE_MARGIN", timedelta(seconds=0.4))
+    token = await amake_token(alice, sandbox)
+    runs = {"started": 0, "finished": 0}
+
+    async def slow(notification: Notification) -> None:
+        runs["started"] += 1
+        await asyncio.sleep(2)  # longer than the claim
+        runs["finished"] += 1
+
+    registered("stream.online", slow)
+    assert (await answer(*signed(stream_online(token.twitch_user_id)))).status_code
+    await asyncio.sleep(1.2)  # the claim has run out; the first run would go on
+
+    assert (await process()).startswith("0 handled")  # cron finds nothing due
+    await tasks.finish_background_work()
+
+    assert runs == {"started": 1, "finished": 0}
+    message = await EventSubMessage.objects.aget()
+    # Cut off before its claim ran out: a failure, retried later.
+    assert (message.status, message.attempts) == ("pending", 1)
+    assert message.last_error.startswith("TimeoutError")
+    assert message.next_attempt_at is not None
+
+
+async def test_a_worker_whose_claim_was_taken_over_does_not_overwrite_the_outcome(
+    alice, sandbox, registered
+):
+    token = await amake_token(alice, sandbox)
+    taken_over = []
+
+    async def handler(notification: Notification) -> None:
+        # Meanwhile another worker took the message over (this one's claim ran
+        # out) and handled it.
+        await EventSubMessage.objects.filter(
+            message_id=notification.message_id
+        ).aupdate(claim="another-worker", status="handled", attempts=0)
+        taken_over.append(notification.message_id)
+        raise RuntimeError("this worker fails late")
+
+    registered("stream.online", handler)
+    await post(*signed(stream_online(token.twitch_user_id)))
+
+    assert taken_over
+    message = await EventSubMessage.objects.aget()
+    assert (message.status, message.attempts, message.claim) == (
+        "handled",
+        0,
+        "another-worker",
+    )
+
+
+def test_the_admin_leaves_a_message_being_handled_alone(admin_client):
+    claimed_until = timezone.now() + timedelta(minutes=1)
+    EventSubMessage.objects.create(
+        digest="f" * 64,
+        message_id="m",
+        status="pending",
+        attempts=3,
+        claim="a-worker",
+        claimed_until=claimed_until,
+    )
+
+    response = admin_client.post(
+        "/admin/accounts/eventsubmessage/",
+        {"action": "retry_messages", "_selected_action": ["f" * 64]},
+        follow=True,
+    )
+
+    message = EventSubMessage.objects.get()
+    assert (message.attempts, message.claim, message.claimed_until) == (
+        3,
+        "a-worker",
+        claimed_until,
+    )
+    assert "being handled" in page(response)
+
+
+def spooled_row(digest: str = "a" * 64) -> EventSubMessage:
+    return EventSubMessage(
+        digest=digest,
+        received_at=timezone.now(),
+        message_id="m-1",
+        message_type="notification",
+        subscription_type="stream.online",
+        body={"event": {}},
+    )
+
+
+def test_a_spooled_message_is_on_disk_before_the_answer(monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        # What a power cut would leave: the file under its final name?
+        synced.append((path, (inbox.spool_directory() / f"{'a' * 64}.json").exists()))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    inbox.spool(spooled_row())
+
+    directory = inbox.spool_directory().resolve()
+    [(file, _), (folder, renamed)] = synced
+    assert file.parent == directory and file.name.startswith(".aaaa")
+    # The rename itself is made durable: the directory is synced after it.
+    assert (folder, renamed) == (directory, True)
+
+
+@pytest.mark.skipif("connection.vendor != 'sqlite'")
+def test_on_sqlite_a_kept_message_is_committed_with_a_full_sync():
+    executed = []
+
+    def record(execute, sql, params, many, context):
+        executed.append(sql.split()[0].upper() + " " + " ".join(sql.split()[1:2]))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        assert inbox._insert(spooled_row())
+        mode = connection.cursor().execute("PRAGMA synchronous").fetchone()[0]
+
+    inserts = [i for i, sql in enumerate(executed) if sql.startswith("INSERT")]
+    full = [i for i, sql in enumerate(executed) if sql == "PRAGMA synchronous=FULL"]
+    assert inserts and full and full[0] < inserts[0]
+    assert mode == 1  # NORMAL again for the connection's other writes
+
+
+async def test_receivers_missed_by_a_crash_after_the_revoke_are_told_by_cron(
+    alice, sandbox, monkeypatch
+):
+    token = await amake_token(alice, sandbox)
+    heard = []
+
+    async def on_revoked(sender, token, **kwargs):
+        heard.append(token.pk)
+
+    async def dies(*args, **kwargs):
+        raise asyncio.CancelledError  # the process dies as it would tell them
+
+    with listening(signals.token_revoked, on_revoked):
+        with monkeypatch.context() as patched:
+            patched.setattr(signals.token_revoked, "asend_robust", dies)
+            await post(*signed(revoke_notification(token.twitch_user_id)))
+        assert (await TwitchToken.objects.aget()).status == "revoked"  # committed
+        assert heard == []
+
+        with time_machine.travel(time.time() + inbox.LEASE.total_seconds() + 1):
+            assert (await process()).startswith("1 handled")
+            assert (await process()).startswith("0 handled")
+
+    assert heard == [token.pk]  # at least once; here once
+    assert await TokenEvent.objects.filter(source="twitch").acount() == 1
+
+
+def test_a_second_handler_of_the_same_name_is_refused(registered):
+    def announce(notification: Notification) -> None:
+        pass
+
+    registered("stream.online", announce)
+    registered("stream.online", announce)  # the same function again: fine
+
+    def other(notification: Notification) -> None:
+        pass
+
+    other.__qualname__ = announce.__qualname__  # a name already taken
+    with pytest.raises(ValueError, match="already registered"):
+        on_event("stream.online")(other)
+    assert [h for _, h in handlers.handlers_for("stream.online")] == [announce]
+
+
+@pytest.mark.parametrize(
+    ("args", "wrong"),
+    [
+        (["status", "--replace"], "--replace"),
+        (["subscribe", "--limit", "3"], "--limit"),
+    ],
+)
+def test_an_option_the_action_ignores_is_refused(args, wrong):
+    with pytest.raises(CommandError, match=wrong) as refused:
+        call_command("eventsub", *args)
+    assert refused.value.returncode == 2
+
+
+def test_process_says_so_when_the_database_refuses_the_spool():
+    inbox.spool(spooled_row())
+    with database_write_lock("accounts_eventsubmessage"):
+        impatient_database()
+        with pytest.raises(CommandError, match="0 handled") as refused:
+            call_command("eventsub", "process", stdout=io.StringIO())
+    assert refused.value.returncode == 1
+    assert "1 left in the spool" in str(refused.value)
+    assert inbox.spooled_count() == 1

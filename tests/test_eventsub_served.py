@@ -78,7 +78,11 @@ def test_status_lists_and_unsubscribe_deletes(eventsub_site, sandbox):
     assert subscription["id"] in eventsub("status")
     assert eventsub("unsubscribe").startswith("deleted 1 subscription")
     assert sandbox.subscriptions() == []
-    assert eventsub("status").startswith("0 subscription(s)")
+    after = eventsub("status")
+    assert "absent on Twitch: user.authorization.revoke:1 for the application" in after
+    assert "0 subscription(s), cost 0 of max_total_cost 10000; 1 wanted, 1 absent" in (
+        after
+    )
 
 
 def test_a_user_who_disconnects_on_twitch_is_revoked_at_once(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -221,31 +222,30 @@ async def test_connecting_an_account_subscribes_it_after_the_answer(
         assert verified["status"] == "enabled"
 
 
-async def test_a_connection_revoked_on_twitch_loses_its_subscriptions(
+@pytest.mark.parametrize("site", [{"TWITCH_EVENTSUB_TYPES": STREAM}], indirect=True)
+def test_a_connection_revoked_on_twitch_loses_its_subscriptions(
     wanted, sandbox, alice, bob
 ):
-    from asgiref.sync import sync_to_async
+    alices = connection(alice, sandbox)
+    connection(bob, sandbox)
+    eventsub("subscribe")
 
-    alices = await sync_to_async(connection)(alice, sandbox)
-    await sync_to_async(connection)(bob, sandbox)
-    await sync_to_async(eventsub)("subscribe")
+    sandbox.disconnect_user("alice")
+    wait_until_handled()
 
-    await sync_to_async(sandbox.disconnect_user)("alice")
-    await sync_to_async(wait_until_handled)()
-    # The served site revoked the connection; this process hears token_revoked
-    # when its own code revokes, so do what the served site's receiver did.
-    from accounts.eventsub import subscriptions
-
-    await subscriptions.revoked(TwitchToken, token=alices)
-    await tasks.finish_background_work()
-
-    named = [
-        s
-        for s in sandbox.subscriptions()
-        if alices.twitch_user_id in s["condition"].values()
-    ]
-    assert named == []
-    assert (await TwitchToken.objects.aget(pk=alices.pk)).status == "revoked"
+    # The served site revoked the connection, and its own token_revoked receiver
+    # deletes what nothing wants any more, after its answer.
+    assert wait_for(
+        lambda: (
+            not [
+                s
+                for s in sandbox.subscriptions()
+                if alices.twitch_user_id in s["condition"].values()
+            ]
+        )
+    )
+    assert TwitchToken.objects.get(pk=alices.pk).status == "revoked"
+    assert len(sandbox.subscriptions()) == 4  # bob's three, and the app's
 
 
 def test_a_revoke_is_answered_at_once_while_twitch_is_slow(wanted, sandbox, alice):
@@ -280,3 +280,149 @@ def test_twenty_deliveries_at_once_are_all_answered_within_a_second(
         EventSubMessage.objects.filter(subscription_type="stream.online").count() == 20
     )
     assert alices.twitch_user_id in str(EventSubMessage.objects.first().body)
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def online_of(sandbox, token) -> list[dict]:
+    return [
+        s
+        for s in sandbox.subscriptions()
+        if s["type"] == "stream.online"
+        and s["condition"] == {"broadcaster_user_id": token.twitch_user_id}
+    ]
+
+
+def test_a_subscription_ended_for_the_user_stays_down_when_its_message_was_lost(
+    wanted, sandbox, alice, bob
+):
+    connection(alice, sandbox)
+    bobs = connection(bob, sandbox)
+    eventsub("subscribe")
+    [online] = online_of(sandbox, bobs)
+    sandbox.revoke_subscription(online["id"], "authorization_revoked")
+    wait_until_handled()
+    EventSubRevocation.objects.all().delete()  # as if the message never came
+
+    first = eventsub("subscribe")
+    second = eventsub("subscribe")
+
+    assert [s["status"] for s in online_of(sandbox, bobs)] == []
+    assert "missing: stream.online:1 for bob: Twitch revoked it" in first
+    assert "missing: stream.online:1 for bob: Twitch revoked it" in second
+    assert EventSubRevocation.objects.get().subscription_id == online["id"]
+
+
+def test_after_a_reconnect_an_ended_subscription_is_made_again_in_the_same_run(
+    wanted, sandbox, alice
+):
+    alices = connection(alice, sandbox)
+    eventsub("subscribe")
+    [online] = online_of(sandbox, alices)
+    sandbox.revoke_subscription(online["id"], "authorization_revoked")
+    wait_until_handled()
+    TokenEvent.objects.create(
+        token=alices, action="connect", outcome="succeeded", source="user"
+    )
+
+    output = eventsub("subscribe")
+
+    assert [s["status"] for s in online_of(sandbox, alices)] == ["enabled"]
+    assert output.startswith("1 created")
+
+
+@pytest.mark.parametrize(
+    "reason", ["moderator_removed", "chat_user_banned", "beta_maintenance"]
+)
+def test_other_revocations_for_the_user_s_sake_are_not_made_again(
+    wanted, sandbox, alice, reason
+):
+    alices = connection(alice, sandbox)
+    eventsub("subscribe")
+    [online] = online_of(sandbox, alices)
+    sandbox.revoke_subscription(online["id"], reason)
+    wait_until_handled()
+
+    output = eventsub("subscribe")
+
+    assert online_of(sandbox, alices) == []
+    assert f"missing: stream.online:1 for alice: Twitch revoked it ({reason})" in (
+        output
+    )
+
+
+def test_a_deleted_twitch_account_loses_its_subscriptions_for_good(
+    wanted, sandbox, alice, bob
+):
+    alices = connection(alice, sandbox)
+    bobs = connection(bob, sandbox)
+    eventsub("subscribe")
+
+    sandbox.disconnect_user("alice", gone=True)
+    wait_until_handled()
+
+    reasons = set(EventSubRevocation.objects.values_list("reason", flat=True))
+    assert reasons == {"user_removed"}
+    assert EventSubRevocation.objects.count() == 3  # alice's three
+    assert TwitchToken.objects.get(pk=alices.pk).status == "revoked"
+    output = eventsub("subscribe")
+    named = [
+        s
+        for s in sandbox.subscriptions()
+        if alices.twitch_user_id in s["condition"].values()
+    ]
+    assert named == []
+    assert len(online_of(sandbox, bobs)) == 1
+    assert "0 created" in output
+
+
+def test_status_reports_what_is_absent_or_not_enabled_and_what_will_happen(
+    wanted, sandbox, alice
+):
+    alices = connection(alice, sandbox)
+    eventsub("subscribe")
+    by_type = {
+        s["type"]: s
+        for s in sandbox.subscriptions()
+        if alices.twitch_user_id in s["condition"].values()
+    }
+    sandbox.eventsub.delete(by_type["stream.offline"]["id"])  # gone from Twitch
+    sandbox.revoke_subscription(
+        by_type["stream.online"]["id"], "notification_failures_exceeded"
+    )
+    wait_until_handled()
+
+    status = eventsub("status")
+
+    assert "absent on Twitch: stream.offline:1 for alice: created by the next" in (
+        status
+    )
+    assert (
+        "stream.online v1 broadcaster_user_id="
+        f"{alices.twitch_user_id}: notification_failures_exceeded: recreated by "
+        "the next subscribe"
+    ) in status
+    assert "4 wanted, 2 absent, 0 missing" in status
+
+
+def test_status_shows_a_version_twitch_removed_while_it_is_wanted(
+    wanted, sandbox, alice
+):
+    alices = connection(alice, sandbox)
+    eventsub("subscribe")
+    [online] = online_of(sandbox, alices)
+    sandbox.revoke_subscription(online["id"], "version_removed")
+    wait_until_handled()
+
+    status = eventsub("status")
+
+    assert "Twitch removed EventSub stream.online version 1" in status
+    assert "(accounts.W015)" in status
+    assert "version_removed: deleted by the next subscribe" in status

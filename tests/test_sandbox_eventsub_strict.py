@@ -285,3 +285,44 @@ def test_reset_forgets_the_policy_and_limits(
     assert (sandbox.eventsub.max_total_cost, sandbox.eventsub.page_size) == (10000, 100)
     assert subscribe(sandbox, receiver.url)["status"] == ENABLED
     assert create_subscription(sandbox, receiver.url).status == 409
+
+
+def test_a_deleted_user_ends_every_subscription_naming_them(
+    sandbox: Sandbox, receiver: Receiver
+) -> None:
+    sandbox.issue_tokens(login="alice", scopes=["channel:read:subscriptions"])
+    alice = sandbox.add_user("alice").id
+    bob = sandbox.add_user("bob").id
+    paid = enabled(
+        sandbox, receiver, "channel.subscribe", "1", broadcaster_user_id=alice
+    )
+    public = enabled(sandbox, receiver, "stream.online", "1", broadcaster_user_id=alice)
+    raid = enabled(sandbox, receiver, "channel.raid", "1", to_broadcaster_user_id=bob)
+
+    sandbox.disconnect_user("alice", gone=True)
+
+    statuses = {s["id"]: s["status"] for s in sandbox.subscriptions()}
+    assert statuses == {
+        paid["id"]: "user_removed",
+        public["id"]: "user_removed",
+        raid["id"]: ENABLED,
+    }
+    revocations = [m.json() for m in receiver.received if m.type == "revocation"]
+    assert sorted(r["subscription"]["id"] for r in revocations) == sorted(
+        [paid["id"], public["id"]]
+    )
+
+
+@pytest.mark.parametrize(
+    "reason", ["moderator_removed", "chat_user_banned", "beta_maintenance"]
+)
+def test_twitch_s_other_revocation_reasons_can_be_sent(
+    sandbox: Sandbox, receiver: Receiver, reason: str
+) -> None:
+    user = sandbox.add_user("alice").id
+    public = enabled(sandbox, receiver, "stream.online", "1", broadcaster_user_id=user)
+
+    sandbox.revoke_subscription(public["id"], reason)
+
+    assert sandbox.subscriptions()[0]["status"] == reason
+    assert receiver.received[-1].json()["subscription"]["status"] == reason

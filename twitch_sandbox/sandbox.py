@@ -323,8 +323,9 @@ class Sandbox:
         (``authorization_revoked``).
 
         Returns once each callback answered (or timed out), so a test can
-        assert at once. ``gone``: the user deleted their account, and the
-        event's ``user_login`` and ``user_name`` are null.
+        assert at once. ``gone``: the user deleted their account, the event's
+        ``user_login`` and ``user_name`` are null, and every enabled
+        subscription whose condition names them ends with ``user_removed``.
         """
         self.ledger.disconnect_user(login)
         user = self._user(login)
@@ -335,9 +336,12 @@ class Sandbox:
         ]
         if messages:
             self._on_loop(self._post_each(messages))
-        # Subscriptions that needed the user's authorization end with it.
-        for subscription in self.eventsub.authorized_by(user.id):
-            self.revoke_subscription(subscription.id, "authorization_revoked")
+        # Subscriptions that needed the user's authorization end with it; all
+        # that name a user who is gone end.
+        reason = "user_removed" if gone else "authorization_revoked"
+        ended = (self.eventsub.naming if gone else self.eventsub.authorized_by)(user.id)
+        for subscription in ended:
+            self.revoke_subscription(subscription.id, reason)
 
     def tokens_issued(self) -> list[str]:
         """Every access and refresh token ever issued, dead or alive."""

@@ -67,6 +67,10 @@ REVOCATION_REASONS = (
     "user_removed",
     FAILURES_EXCEEDED,
     "version_removed",
+    "moderator_removed",
+    "guest_star_moderator_removed",
+    "chat_user_banned",
+    "beta_maintenance",
 )
 LIVE = (ENABLED, PENDING)
 # Every status Helix documents, for its ``status`` filter.
@@ -75,10 +79,6 @@ STATUSES = (
     PENDING,
     FAILED,
     *REVOCATION_REASONS,
-    "moderator_removed",
-    "guest_star_moderator_removed",
-    "chat_user_banned",
-    "beta_maintenance",
     "websocket_disconnected",
     "websocket_failed_ping_pong",
     "websocket_received_inbound_traffic",
@@ -280,6 +280,15 @@ class Subscriptions:
     def revoke_targets(self, client_id: str) -> list[Subscription]:
         """The enabled subscriptions told when a user disconnects this app."""
         return self.enabled(REVOKE_TYPE, {"client_id": client_id})
+
+    def naming(self, user_id: str) -> list[Subscription]:
+        """The enabled subscriptions whose condition names this user."""
+        with self._lock:
+            return [
+                s
+                for s in self._subscriptions.values()
+                if s.status == ENABLED and _names_user(s.condition, user_id)
+            ]
 
     def authorized_by(self, user_id: str) -> list[Subscription]:
         """The enabled subscriptions that needed this user's authorization."""

@@ -11,6 +11,7 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
 from django.db.models import Case, QuerySet, When
 from django.http import HttpRequest
+from django.utils import timezone
 
 from accounts.admin.filters import (
     SECRETS,
@@ -19,6 +20,7 @@ from accounts.admin.filters import (
     TokenRoleFilter,
     scope_list,
 )
+from accounts.db import writer_turn
 from accounts.models import (
     EventSubMessage,
     EventSubRevocation,
@@ -148,15 +150,22 @@ class EventSubMessageAdmin(SafeLookups, admin.ModelAdmin):
     def retry_messages(
         self, request: HttpRequest, queryset: QuerySet[EventSubMessage]
     ) -> None:
-        count = queryset.exclude(status=EventSubMessage.Status.HANDLED).update(
-            status=EventSubMessage.Status.PENDING,
-            attempts=0,
-            next_attempt_at=None,
-            claimed_until=None,
-        )
-        self.message_user(
-            request, f"{count} message(s) will be handled at the next cron run."
-        )
+        waiting = queryset.exclude(status=EventSubMessage.Status.HANDLED)
+        # A message a worker is handling now is left to it: clearing its claim
+        # would let a second worker run its handlers at the same time.
+        with writer_turn():
+            count = waiting.exclude(claimed_until__gt=timezone.now()).update(
+                status=EventSubMessage.Status.PENDING,
+                attempts=0,
+                next_attempt_at=None,
+                claimed_until=None,
+                claim="",
+            )
+        busy = waiting.filter(claimed_until__gt=timezone.now()).count()
+        message = f"{count} message(s) will be handled at the next cron run."
+        if busy:
+            message += f" {busy} being handled now left alone."
+        self.message_user(request, message)
 
 
 class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):

@@ -1,11 +1,15 @@
 """What the site itself does with EventSub messages, after the answer:
 
 - `user.authorization.revoke` for this client id ends every live connection of
-  that Twitch account, whatever its role and whoever holds it;
+  that Twitch account, whatever its role and whoever holds it, then tells the
+  `token_revoked` receivers;
 - a `revocation` (Twitch ended a subscription) is recorded and logged as an error.
 
-Each runs in one transaction with the note that it is done (`EventSubMessage.done`),
-so a retry never does it twice.
+Each step runs in one transaction with the note that it is done
+(`EventSubMessage.done`), so a retry never does it twice. The receivers are a
+step of their own, noted after they ran: they hear of a revoke at least once
+(again if the process dies before the note). Every write is made under the
+claim of the worker handling the message (`held`).
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.utils import timezone
 
 from accounts import signals, twitch
 from accounts.db import atomic_write
@@ -28,18 +32,62 @@ from accounts.models import EventSubMessage, EventSubRevocation, TokenEvent, Twi
 logger = logging.getLogger(__name__)
 
 REVOKE_HANDLER = "accounts.eventsub.revoke"
+RECEIVERS_HANDLER = "accounts.eventsub.token_revoked"
 REVOCATION_HANDLER = "accounts.eventsub.revocation"
 # Asking Twitch about connections made around a (late) disconnect: at most this
 # long in all. After the answer, so Twitch does not wait for it.
 RECONNECT_CHECK_BUDGET = 5.0  # seconds
-# Twitch keeps these down: `subscribe` does not create them again.
-NOT_RECREATED = ("authorization_revoked", "user_removed")
+# Ended for a user's sake (their authorization, their account, their place as
+# a moderator or in the chat, a beta type's maintenance): `subscribe` does not
+# create them again until the account connects again. Twitch's documentation
+# names no way back for any of these but the user's.
+NOT_RECREATED = (
+    "authorization_revoked",
+    "user_removed",
+    "moderator_removed",
+    "chat_user_banned",
+    "beta_maintenance",
+)
+
+
+class ClaimLost(Exception):
+    """The worker's claim on a message ran out and another worker took it over:
+    this one must not write anything more of it."""
+
+
+def held(digest: str, claim: str) -> EventSubMessage:
+    """The message's row, locked for the transaction, while `claim` is still
+    the claim on it; `ClaimLost` otherwise."""
+    row = EventSubMessage.objects.select_for_update().filter(pk=digest, claim=claim)
+    found = row.first()
+    if found is None:
+        raise ClaimLost(digest)
+    return found
+
+
+def mark_done(digest: str, claim: str, name: str) -> None:
+    with atomic_write():
+        row = held(digest, claim)
+        if name not in row.done:
+            row.done = [*row.done, name]
+            row.save(update_fields=["done"])
 
 
 async def revoke_connections(row: EventSubMessage) -> None:
-    keep = await _reconnected_since(row)
-    revoked = await sync_to_async(_revoke_once)(row.digest, keep=keep)
-    for token in revoked:
+    if REVOKE_HANDLER not in row.done:
+        keep = await _reconnected_since(row)
+        await sync_to_async(_revoke_once)(row.digest, row.claim, keep=keep)
+    await _tell_receivers(row.digest, row.claim)
+
+
+async def _tell_receivers(digest: str, claim: str) -> None:
+    """`token_revoked` for each connection the message revoked, then the note
+    that they were told: at least once."""
+    row = await EventSubMessage.objects.aget(pk=digest)
+    if RECEIVERS_HANDLER in row.done or not row.revoked_tokens:
+        return
+    revoked = TwitchToken.objects.filter(pk__in=row.revoked_tokens).order_by("pk")
+    async for token in revoked:
         # A failing receiver must not undo or repeat the revoke: logged only.
         for receiver, outcome in await signals.token_revoked.asend_robust(
             sender=TwitchToken, token=token, role=token.role
@@ -50,27 +98,28 @@ async def revoke_connections(row: EventSubMessage) -> None:
                     receiver,
                     type(outcome).__name__,
                 )
+    await sync_to_async(mark_done)(digest, claim, RECEIVERS_HANDLER)
 
 
 def record_revocation(row: EventSubMessage) -> None:
     with atomic_write():
-        row = EventSubMessage.objects.select_for_update().get(pk=row.pk)
-        if REVOCATION_HANDLER in row.done:
+        locked = held(row.digest, row.claim)
+        if REVOCATION_HANDLER in locked.done:
             return
-        _revocation(row.body)
-        row.done = [*row.done, REVOCATION_HANDLER]
-        row.save(update_fields=["done"])
+        _revocation(locked.body, received_at=locked.received_at)
+        locked.done = [*locked.done, REVOCATION_HANDLER]
+        locked.save(update_fields=["done"])
 
 
-def _revoke_once(digest: str, *, keep: set[int]) -> list[TwitchToken]:
+def _revoke_once(digest: str, claim: str, *, keep: set[int]) -> None:
     with atomic_write():
-        row = EventSubMessage.objects.select_for_update().get(pk=digest)
+        row = held(digest, claim)
         if REVOKE_HANDLER in row.done:
-            return []
+            return
         revoked = _notification(row.body, keep=keep)
+        row.revoked_tokens = [token.pk for token in revoked]
         row.done = [*row.done, REVOKE_HANDLER]
-        row.save(update_fields=["done"])
-    return revoked
+        row.save(update_fields=["done", "revoked_tokens"])
 
 
 async def _reconnected_since(row: EventSubMessage) -> set[int]:
@@ -145,35 +194,62 @@ def _notification(body: dict[str, Any], *, keep: set[int]) -> list[TwitchToken]:
     return revoked
 
 
-def _revocation(body: dict[str, Any]) -> None:
+def _revocation(body: dict[str, Any], *, received_at: datetime) -> None:
     subscription = body.get("subscription") or {}
     if not isinstance(subscription, dict):
         subscription = {}
     reason = str(subscription.get("status") or "unknown")[:100]
     kind = str(subscription.get("type") or "")[:100]
     version = str(subscription.get("version") or "")[:10]
-    if reason == "version_removed":
-        advice = (
-            f"Twitch no longer supports version {version}: remove {kind}:{version} "
-            "from TWITCH_EVENTSUB_TYPES (or update the site's catalogue)"
-        )
-    elif reason in NOT_RECREATED:
-        advice = "it is not created again until the account connects again"
-    else:
-        advice = "`manage.py eventsub subscribe` creates it again"
     logger.error(
         "Twitch revoked the EventSub subscription %s (%s): %s; %s",
         str(subscription.get("id"))[:100],
         kind,
         reason,
-        advice,
+        what_follows(reason, kind=kind, version=version),
     )
+    remember_revocation(subscription, received_at=received_at)
+
+
+def what_follows(reason: str, *, kind: str = "", version: str = "") -> str:
+    """What becomes of a subscription Twitch ended for `reason`."""
+    if reason == "version_removed":
+        return (
+            f"Twitch no longer supports version {version}: remove {kind}:{version} "
+            "from TWITCH_EVENTSUB_TYPES (or update the site's catalogue)"
+        )
+    if reason in NOT_RECREATED:
+        return "it is not created again until the account connects again"
+    return "`manage.py eventsub subscribe` creates it again"
+
+
+def remember_revocation(
+    subscription: dict[str, Any], *, received_at: datetime, overwrite: bool = True
+) -> EventSubRevocation:
+    """Record that Twitch ended `subscription` (its status says why), once per
+    subscription id. `overwrite=False` keeps the time of a record already there
+    (the revocation message's is the better one)."""
     condition = subscription.get("condition")
-    EventSubRevocation.objects.create(
-        subscription_id=str(subscription.get("id") or "")[:100],
-        subscription_type=kind,
-        subscription_version=version,
-        condition=condition if isinstance(condition, dict) else {},
-        reason=reason,
-        received_at=timezone.now(),
-    )
+    fields = {
+        "subscription_type": str(subscription.get("type") or "")[:100],
+        "subscription_version": str(subscription.get("version") or "")[:10],
+        "condition": condition if isinstance(condition, dict) else {},
+        "reason": str(subscription.get("status") or "unknown")[:100],
+        "received_at": received_at,
+    }
+    subscription_id = str(subscription.get("id") or "")[:100]
+    with atomic_write():
+        existing = (
+            EventSubRevocation.objects.select_for_update()
+            .filter(subscription_id=subscription_id)
+            .first()
+        )
+        if existing is None:
+            return EventSubRevocation.objects.create(
+                subscription_id=subscription_id, **fields
+            )
+        if overwrite:
+            for name, value in fields.items():
+                setattr(existing, name, value)
+            existing.save()
+        return existing

@@ -13,7 +13,10 @@ later, with backoff, by `manage.py eventsub process` (handlers of the same
 message that succeeded are not run again); after MAX_ATTEMPTS the message is
 marked failed in the admin. A sync handler runs in one transaction with the
 message's record, so its database writes take effect exactly once; an async one
-may run again if the process dies while it runs: make it safe to repeat.
+may run again if the process dies while it runs, or if it outlives the worker's
+claim on the message (it is cancelled 15 s before, and retried): make it safe to
+repeat. A handler is known by its module and qualified name: two different
+functions of the same name for one type are refused (`ValueError`).
 """
 
 from __future__ import annotations
@@ -54,10 +57,19 @@ def on_event(event_type: str) -> Callable[[Handler], Handler]:
     for notifications of `event_type`."""
 
     def register(handler: Handler) -> Handler:
+        # The name is what a message notes once the handler is done with it.
         name = f"{handler.__module__}.{handler.__qualname__}"
         handlers = _registry.setdefault(event_type, [])
-        if all(existing != name for existing, _ in handlers):
-            handlers.append((name, handler))
+        for existing_name, existing in handlers:
+            if existing_name != name:
+                continue
+            if existing is not handler:
+                raise ValueError(
+                    f"another handler named {name} is already registered for "
+                    f"{event_type}: give each its own name"
+                )
+            return handler  # registered twice (ready() run again): once is enough
+        handlers.append((name, handler))
         return handler
 
     return register

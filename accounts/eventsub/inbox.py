@@ -7,11 +7,21 @@ the database is slower (SQLite's write lock held, a lock on PostgreSQL, the
 database down) the message goes to a spool file instead (`TOKEN_SPOOL_DIR/
 eventsub/`, one file a message, written and renamed whole), which the same
 process and `manage.py eventsub process` move into the table once the database
-answers. Either way it survives the process dying after the answer.
+answers. Either way it survives the process dying after the answer, and a power
+cut too: the spool file and its directory are synced to the disk before the
+answer, and SQLite commits the insert with `synchronous=FULL` (the site's other
+writes keep WAL's NORMAL). PostgreSQL's commits are durable unless its server
+runs with `synchronous_commit=off`.
 
 After the answer the message is handled in the background (`handle`); one not
 handled then (a handler raised, the process died) is handled by `manage.py
 eventsub process` from cron, with backoff, at most MAX_ATTEMPTS times.
+
+A worker claims a message for LEASE with a token of its own, and every write it
+makes after that holds only while the token is still the message's claim: a
+worker that lost its claim changes nothing. Handling is cut off LEASE_MARGIN
+before the claim runs out (a failure, retried later), so no other worker starts a
+message while a handler of it still runs.
 """
 
 from __future__ import annotations
@@ -21,7 +31,10 @@ import json
 import logging
 import os
 import secrets
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from inspect import iscoroutinefunction
@@ -41,6 +54,7 @@ from django.utils import timezone
 
 from accounts.db import atomic_write, writer_turn
 from accounts.eventsub import builtin, catalogue, tasks
+from accounts.eventsub.builtin import ClaimLost, held, mark_done
 from accounts.eventsub.handlers import Handler, Notification, handlers_for
 from accounts.eventsub.webhook import MAX_AGE, Message
 from accounts.models import EventSubMessage, TwitchToken
@@ -50,8 +64,10 @@ logger = logging.getLogger(__name__)
 # How long the webhook waits for the database before it spools the message.
 STORE_BUDGET = 0.25  # seconds
 # One worker handles a message at a time; longer than any handler should take,
-# and how long a message waits when the process handling it dies.
+# and how long a message waits when the process handling it dies. Its handlers
+# are cut off this long before the claim runs out.
 LEASE = timedelta(minutes=2)
+LEASE_MARGIN = timedelta(seconds=15)
 MAX_ATTEMPTS = 8
 FIRST_RETRY = timedelta(seconds=30)  # then doubling, up to MAX_RETRY_DELAY
 MAX_RETRY_DELAY = timedelta(hours=1)
@@ -101,7 +117,7 @@ def _row(message: Message) -> EventSubMessage:
 def _insert(row: EventSubMessage, *, from_spool: bool = False) -> bool:
     close_old_connections()
     try:
-        with writer_turn():
+        with writer_turn(), _synced_commits():
             row.save(force_insert=True)
     except IntegrityError:
         if not from_spool:  # there, the insert that waited out the lock got it
@@ -112,6 +128,25 @@ def _insert(row: EventSubMessage, *, from_spool: bool = False) -> bool:
             # Back to the pool: this thread may not write again for a long time.
             connection.close()
     return True
+
+
+@contextmanager
+def _synced_commits() -> Iterator[None]:
+    """On SQLite, commits in the block reach the disk before they return: in WAL
+    mode `synchronous=NORMAL` (the site's setting) may lose the last commits to
+    a power cut, and Twitch, answered, would not send the message again."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA synchronous")
+        (mode,) = cursor.fetchone()
+        cursor.execute("PRAGMA synchronous=FULL")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA synchronous={int(mode)}")
 
 
 async def _after_spooling(insert: asyncio.Future[bool], digest: str) -> None:
@@ -137,8 +172,8 @@ def spool_directory() -> Path:
 
 def spool(row: EventSubMessage) -> None:
     """Write the message to its own file, whole or not at all (renamed into
-    place); it reaches the operating system before the answer is sent, so it
-    survives the process being killed."""
+    place); the file and the rename reach the disk before the answer is sent,
+    so it survives the process being killed and a power cut."""
     directory = spool_directory()
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     record = {
@@ -155,10 +190,21 @@ def spool(row: EventSubMessage) -> None:
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         json.dump(record, file)
+        file.flush()
+        os.fsync(file.fileno())
     partial.replace(directory / f"{row.digest}{SPOOL_SUFFIX}")
+    _sync_directory(directory)
     logger.warning(
         "The database was slow: EventSub message %s kept in the spool", row.message_id
     )
+
+
+def _sync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def spooled_count() -> int:
@@ -208,9 +254,12 @@ async def handle_due(*, limit: int | None = None) -> dict[str, int]:
             continue
         if await _run(row):
             counts["handled"] += 1
-        else:
-            row = await EventSubMessage.objects.aget(pk=digest)
-            counts["failed" if row.status == row.Status.FAILED else "retrying"] += 1
+            continue
+        status = (await EventSubMessage.objects.aget(pk=digest)).status
+        if status == EventSubMessage.Status.FAILED:
+            counts["failed"] += 1
+        elif status == EventSubMessage.Status.PENDING:
+            counts["retrying"] += 1
     return counts
 
 
@@ -228,6 +277,7 @@ def _due(limit: int | None) -> list[str]:
 
 def _claim(digest: str) -> EventSubMessage | None:
     now = timezone.now()
+    claim = uuid.uuid4().hex
     with writer_turn():
         claimed = (
             EventSubMessage.objects.filter(
@@ -235,77 +285,99 @@ def _claim(digest: str) -> EventSubMessage | None:
             )
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
             .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .update(claimed_until=now + LEASE)
+            .update(claimed_until=now + LEASE, claim=claim)
         )
-    return EventSubMessage.objects.get(pk=digest) if claimed else None
+    if not claimed:
+        return None
+    return EventSubMessage.objects.filter(pk=digest, claim=claim).first()
 
 
 async def _run(row: EventSubMessage) -> bool:
     try:
-        if row.message_type == "revocation":
-            await sync_to_async(builtin.record_revocation)(row)
-        elif row.message_type == "notification":
-            if row.subscription_type == catalogue.REVOKE:
-                await builtin.revoke_connections(row)
-            notification = await _notification(row)
-            for name, handler in handlers_for(row.subscription_type):
-                await _run_handler(row.digest, name, handler, notification)
-    except Exception as error:
-        await sync_to_async(_failed)(row.digest, error)
+        # Done before the claim runs out, or cut off: after that another worker
+        # may take the message up, and a handler must not run twice at once.
+        async with asyncio.timeout((LEASE - LEASE_MARGIN).total_seconds()):
+            await _handle(row)
+    except ClaimLost:
+        logger.warning(
+            "EventSub message %s was taken over by another worker; left to it",
+            row.message_id,
+        )
         return False
-    await sync_to_async(_finished)(row.digest)
+    except Exception as error:
+        await sync_to_async(_failed)(row.digest, row.claim, error)
+        return False
+    await sync_to_async(_finished)(row.digest, row.claim)
     return True
 
 
+async def _handle(row: EventSubMessage) -> None:
+    if row.message_type == "revocation":
+        await sync_to_async(builtin.record_revocation)(row)
+    elif row.message_type == "notification":
+        if row.subscription_type == catalogue.REVOKE:
+            await builtin.revoke_connections(row)
+        notification = await _notification(row)
+        for name, handler in handlers_for(row.subscription_type):
+            await _run_handler(row, name, handler, notification)
+
+
 async def _run_handler(
-    digest: str, name: str, handler: Handler, notification: Notification
+    row: EventSubMessage, name: str, handler: Handler, notification: Notification
 ) -> None:
     if iscoroutinefunction(handler):
-        row = await EventSubMessage.objects.aget(pk=digest)
-        if name in row.done:
+        done = (await EventSubMessage.objects.aget(pk=row.digest)).done
+        if name in done:
             return
         await handler(notification)
-        await sync_to_async(_mark_done)(digest, name)
+        await sync_to_async(mark_done)(row.digest, row.claim, name)
     else:
-        await sync_to_async(_run_sync_handler)(digest, name, handler, notification)
+        await sync_to_async(_run_sync_handler)(row, name, handler, notification)
 
 
 def _run_sync_handler(
-    digest: str, name: str, handler: Handler, notification: Notification
+    row: EventSubMessage, name: str, handler: Handler, notification: Notification
 ) -> None:
-    # Its writes and the note that it ran commit together: exactly once.
+    # Its writes and the note that it ran commit together: exactly once. The
+    # row stays locked while it runs, so a worker that takes the message over
+    # waits for it, then finds it done.
     with atomic_write():
-        row = EventSubMessage.objects.select_for_update().get(pk=digest)
-        if name in row.done:
+        locked = held(row.digest, row.claim)
+        if name in locked.done:
             return
         handler(notification)
-        row.done = [*row.done, name]
-        row.save(update_fields=["done"])
+        locked.done = [*locked.done, name]
+        locked.save(update_fields=["done"])
 
 
-def _mark_done(digest: str, name: str) -> None:
-    with atomic_write():
-        row = EventSubMessage.objects.select_for_update().get(pk=digest)
-        if name not in row.done:
-            row.done = [*row.done, name]
-            row.save(update_fields=["done"])
-
-
-def _finished(digest: str) -> None:
+def _finished(digest: str, claim: str) -> None:
     with writer_turn():
-        EventSubMessage.objects.filter(pk=digest).update(
+        finished = EventSubMessage.objects.filter(pk=digest, claim=claim).update(
             status=EventSubMessage.Status.HANDLED,
             handled_at=timezone.now(),
             claimed_until=None,
+            claim="",
             last_error="",
         )
+    if not finished:
+        logger.warning("EventSub message %s was taken over; its outcome left", digest)
 
 
-def _failed(digest: str, error: Exception) -> None:
+def _failed(digest: str, claim: str, error: Exception) -> None:
     with atomic_write():
-        row = EventSubMessage.objects.select_for_update().get(pk=digest)
+        row = (
+            EventSubMessage.objects.select_for_update()
+            .filter(pk=digest, claim=claim)
+            .first()
+        )
+        if row is None:
+            logger.warning(
+                "EventSub message %s was taken over; its outcome left", digest
+            )
+            return
         row.attempts += 1
         row.claimed_until = None
+        row.claim = ""
         # The class only: an exception's text may quote anything, a credential too.
         row.last_error = f"{type(error).__name__} (attempt {row.attempts})"[:200]
         if row.attempts >= MAX_ATTEMPTS:

@@ -11,9 +11,13 @@ revoked or disconnected, those nothing else wants are deleted (`connected`,
 `revoked`). Either is done again by the next `subscribe` if the process ends
 first.
 
-Revocations: `authorization_revoked` and `user_removed` are not created again
-until the account connects again; `notification_failures_exceeded` is, by the
-next `subscribe`; `version_removed` stays an error (log, `manage.py check`).
+Revocations: a subscription Twitch ended for a user's sake (NOT_RECREATED:
+`authorization_revoked`, `user_removed`, `moderator_removed`, `chat_user_banned`,
+`beta_maintenance`) is not created again until the account connects again, whether
+the site heard the revocation message or only finds the subscription ended in
+Twitch's list; `notification_failures_exceeded` is, by the next `subscribe`;
+`version_removed` is logged as an error and warned of (`manage.py eventsub
+status`, `manage.py check --database default`) while the version is still wanted.
 """
 
 from __future__ import annotations
@@ -22,15 +26,17 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Max
+from django.utils import timezone
 
 from accounts import twitch
 from accounts.eventsub import catalogue, tasks
-from accounts.eventsub.builtin import NOT_RECREATED
+from accounts.eventsub.builtin import NOT_RECREATED, remember_revocation
 from accounts.eventsub.catalogue import EventType
 from accounts.eventsub.webhook import enabled
 from accounts.models import EventSubRevocation, TokenEvent, TwitchToken
@@ -43,6 +49,9 @@ logger = logging.getLogger(__name__)
 # A subscription in these states exists (or is about to): creating it again would
 # be a duplicate (Twitch: 409).
 LIVE_STATUSES = frozenset({"enabled", "webhook_callback_verification_pending"})
+# Ended by Twitch, and recorded as a revocation when found in its list (the
+# revocation message may never have come).
+ENDED_STATUSES = frozenset({*NOT_RECREATED, "version_removed"})
 # Creating many at once: a few in flight, not hundreds.
 CONCURRENCY = 4
 
@@ -157,8 +166,8 @@ def _why_not(kind: EventType, connections: dict[str, TwitchToken]) -> str | None
 
 
 def _blocked(people: dict[int, dict[str, TwitchToken]]) -> dict[Key, str]:
-    """Subscriptions Twitch revoked for authorization_revoked or user_removed
-    since the connections they name last connected: not created again."""
+    """Subscriptions Twitch revoked for a user's sake (NOT_RECREATED) since the
+    connections they name last connected: not created again."""
     revocations = EventSubRevocation.objects.filter(reason__in=NOT_RECREATED)
     if not revocations.exists():
         return {}
@@ -207,12 +216,18 @@ async def reconcile(*, replace: bool = False) -> Outcome:
     nothing wants (and any at another callback that is wanted here: the site
     moved). With `replace`, every subscription wanted or ours is made again
     (after a new TWITCH_EVENTSUB_SECRET: Twitch never says which secret a
-    subscription signs with). Idempotent."""
+    subscription signs with). Idempotent.
+
+    Ours that Twitch ended for a user's sake are recorded as revocations first,
+    so that what is wanted (`plan`, with `_blocked`) is decided the same way
+    whether or not the revocation message came."""
+    listed = (await listing()).data
+    await sync_to_async(_remember_ended)(listed)
     wanted, missing = await sync_to_async(plan)()
     outcome = Outcome(missing=missing)
     by_key = {w.key: w for w in wanted}
     present: set[Key] = set()
-    for subscription in (await listing()).data:
+    for subscription in listed:
         key = subscription_key(subscription)
         live = subscription.get("status") in LIVE_STATUSES
         keep = (not replace and is_ours(subscription) and live and key in by_key) or (
@@ -225,17 +240,29 @@ async def reconcile(*, replace: bool = False) -> Outcome:
             continue
         await _delete(subscription)
         outcome.deleted.append(subscription)
-        reason = subscription.get("status")
-        if key in by_key and reason in NOT_RECREATED:
-            # Twitch ended it with the user's authorization: not made again.
-            outcome.missing.append(
-                Missing(
-                    by_key[key].type, by_key[key].who, f"Twitch revoked it ({reason})"
-                )
-            )
-            present.add(key)
     await _create_all([w for key, w in by_key.items() if key not in present], outcome)
     return outcome
+
+
+def _remember_ended(listed: list[dict[str, Any]]) -> None:
+    for subscription in listed:
+        if is_ours(subscription) and subscription.get("status") in ENDED_STATUSES:
+            # When it ended, Twitch's list does not say; after it was made, for
+            # sure: a connection made since then may be the reconnect that
+            # brings it back.
+            remember_revocation(
+                subscription,
+                received_at=_created_at(subscription) or timezone.now(),
+                overwrite=False,
+            )
+
+
+def _created_at(subscription: dict[str, Any]) -> datetime | None:
+    try:
+        created = datetime.fromisoformat(str(subscription.get("created_at")))
+    except ValueError:
+        return None
+    return created if created.tzinfo is not None else None
 
 
 async def _create_all(wanted: list[Wanted], outcome: Outcome) -> None:
@@ -353,3 +380,59 @@ async def status() -> tuple[SubscriptionListing, list[Wanted], list[Missing]]:
     """Twitch's list with its totals, what is wanted and what cannot be had."""
     wanted, missing = await sync_to_async(plan)()
     return await listing(), wanted, missing
+
+
+def absent(listed: list[dict[str, Any]], wanted: list[Wanted]) -> list[Wanted]:
+    """What is wanted and not on Twitch (none of ours live): the next
+    `subscribe` creates it."""
+    live = {
+        subscription_key(s)
+        for s in listed
+        if is_ours(s) and s.get("status") in LIVE_STATUSES
+    }
+    return [one for one in wanted if one.key not in live]
+
+
+def astray(
+    listed: list[dict[str, Any]], wanted: list[Wanted]
+) -> list[tuple[dict[str, Any], str]]:
+    """Ours that are not enabled, or that nothing wants, each with what becomes
+    of it."""
+    keys = {one.key for one in wanted}
+    found = []
+    for subscription in listed:
+        if not is_ours(subscription):
+            continue
+        state = str(subscription.get("status"))
+        if state == "enabled":
+            if subscription_key(subscription) not in keys:
+                found.append((subscription, f"not wanted: {_DELETED}"))
+            continue
+        found.append((subscription, f"{state}: {what_becomes_of(state)}"))
+    return found
+
+
+def what_becomes_of(state: str) -> str:
+    if state == "webhook_callback_verification_pending":
+        return "Twitch is verifying the callback"
+    if state == "webhook_callback_verification_failed":
+        return (
+            "Twitch could not verify the callback; deleted and tried again by "
+            "the next subscribe"
+        )
+    if state == "notification_failures_exceeded":
+        return "recreated by the next subscribe"
+    if state in NOT_RECREATED:
+        return (
+            "deleted by the next subscribe; created again once the account "
+            "connects again"
+        )
+    if state == "version_removed":
+        return (
+            "deleted by the next subscribe; TWITCH_EVENTSUB_TYPES must name a "
+            "version Twitch supports"
+        )
+    return _DELETED
+
+
+_DELETED = "deleted by the next subscribe"

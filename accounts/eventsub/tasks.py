@@ -39,9 +39,13 @@ async def _logged(work: Coroutine[Any, Any, Any]) -> None:
 
 
 async def finish_background_work() -> None:
-    """Wait for work started in the background (tests; a graceful shutdown)."""
-    while _running:
-        await asyncio.gather(*_running, return_exceptions=True)
+    """Wait for work started in the background on this event loop (tests; a
+    graceful shutdown). Another loop's work is its own: waiting for it here
+    could wait for this loop's thread (the `eventsub` command's loop, run from
+    a test's)."""
+    loop = asyncio.get_running_loop()
+    while ours := [task for task in _running if task.get_loop() is loop]:
+        await asyncio.gather(*ours, return_exceptions=True)
 
 
 def cancel_background_work() -> None:

@@ -38,15 +38,19 @@ class InvalidMessage(Exception):
 
 
 class UnreadableMessage(InvalidMessage):
-    """Signed with our secret, but its body is not a JSON object the site can
-    take: not JSON, nested past what the parser follows, or with text no database
-    stores (a NUL, a lone surrogate)."""
+    """Signed with our secret, but not a message the site can take: its body is
+    not JSON, nested past what the parser follows, or has text no database
+    stores (a NUL, a lone surrogate), or its message type is missing or
+    unknown."""
+
+
+MESSAGE_TYPES = ("notification", "webhook_callback_verification", "revocation")
 
 
 @dataclass(frozen=True)
 class Message:
     id: str
-    type: str  # notification, webhook_callback_verification, revocation
+    type: str  # one of MESSAGE_TYPES
     body: dict[str, Any]
 
     @property
@@ -94,11 +98,13 @@ def verify(headers: Mapping[str, str], raw_body: bytes) -> Message:
         raise UnreadableMessage("body is not a JSON object")
     if not _storable(body):
         raise UnreadableMessage("body has text with a NUL or a lone surrogate")
-    return Message(
-        id=message_id,
-        type=headers.get("Twitch-Eventsub-Message-Type", ""),
-        body=body,
-    )
+    message_type = headers.get("Twitch-Eventsub-Message-Type", "")
+    if message_type not in MESSAGE_TYPES:
+        # Signed, so Twitch's; but nothing the site knows how to handle.
+        raise UnreadableMessage(
+            f"missing or unknown message type {message_type[:40]!r}"
+        )
+    return Message(id=message_id, type=message_type, body=body)
 
 
 def _storable(value: Any) -> bool:

@@ -52,7 +52,6 @@ from accounts.twitch.errors import (
 from accounts.twitch.helix import (
     create_eventsub_subscription,
     delete_eventsub_subscription,
-    list_eventsub_subscriptions,
 )
 from accounts.twitch.http import close_http_session, run_sync, with_retries
 from accounts.twitch.oauth import (
@@ -104,7 +103,6 @@ __all__ = [
     "expires_at",
     "keys_known",
     "fetch_app_token",
-    "list_eventsub_subscriptions",
     "poll_device_authorization",
     "refresh",
     "revoke",

@@ -12,24 +12,6 @@ from accounts.twitch.errors import InvalidCredential, TwitchUnavailable
 from accounts.twitch.http import raise_for_status, send
 
 
-@sensitive_variables()
-async def list_eventsub_subscriptions(*, app_token: str) -> list[dict[str, Any]]:
-    subscriptions: list[dict[str, Any]] = []
-    cursor = ""
-    for _ in range(100):  # Twitch pages by 100; far more than this site needs
-        body = await _helix(
-            "GET",
-            "eventsub/subscriptions",
-            app_token=app_token,
-            params={"after": cursor} if cursor else None,
-        )
-        subscriptions.extend(_subscriptions(body))
-        cursor = str((body.get("pagination") or {}).get("cursor") or "")
-        if not cursor:
-            break
-    return subscriptions
-
-
 @dataclass(frozen=True)
 class SubscriptionListing:
     """Every page of Get EventSub Subscriptions, and the app's totals."""

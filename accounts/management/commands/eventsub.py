@@ -13,7 +13,8 @@ Twitch calls the webhook at TWITCH_EVENTSUB_CALLBACK_URL (HTTPS, port 443) to
 verify each new subscription before enabling it; `subscribe` waits for that.
 
 Exit status: 0 done; 1 Twitch failed, refused a subscription or did not verify
-the callback, or a message was given up; 2 bad arguments or EventSub not configured.
+the callback, a message was given up, or the database refused the spooled
+messages; 2 bad arguments or EventSub not configured.
 """
 
 from __future__ import annotations
@@ -22,20 +23,24 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
+from accounts import checks
 from accounts.eventsub import inbox, tasks
 from accounts.eventsub import subscriptions as eventsub
 
 # How long `subscribe` waits for Twitch to verify the callback.
 VERIFICATION_WAIT = 15.0  # seconds
+_PENDING = ("webhook_callback_verification_pending",)
 
 
 class Command(BaseCommand):
     help = (
         "EventSub: status, subscribe (idempotent: create what is wanted, delete "
         "what is not), unsubscribe, process (handle kept messages; cron). Exit "
-        "status: 0 done, 1 Twitch failed, refused or did not verify, or a message "
-        "was given up; 2 bad arguments or EventSub not configured."
+        "status: 0 done, 1 Twitch failed, refused or did not verify, a message was "
+        "given up or the database refused the spool; 2 bad arguments or EventSub "
+        "not configured."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -66,6 +71,10 @@ class Command(BaseCommand):
                 "TWITCH_EVENTSUB_SECRET (see `manage.py check`).",
                 returncode=2,
             )
+        if options["replace"] and action != "subscribe":
+            raise CommandError("--replace goes with subscribe only.", returncode=2)
+        if options["limit"] is not None and action != "process":
+            raise CommandError("--limit goes with process only.", returncode=2)
         verbosity = options["verbosity"]
         try:
             if action == "subscribe":
@@ -87,16 +96,33 @@ class Command(BaseCommand):
                 f"cost {subscription.get('cost', 0)}  "
                 f"{_condition(subscription.get('condition'))}{mark}"
             )
+        for subscription, next_step in eventsub.astray(listed.data, wanted):
+            self.stdout.write(
+                self.style.WARNING(
+                    f"{subscription.get('type')} v{subscription.get('version')} "
+                    f"{_condition(subscription.get('condition'))}: {next_step}"
+                )
+            )
+        absent = eventsub.absent(listed.data, wanted)
+        for one in absent:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"absent on Twitch: {one.type.key} for {one.who}: created by "
+                    "the next subscribe"
+                )
+            )
         for one in missing:
             self.stdout.write(
                 self.style.WARNING(
                     f"missing: {one.type.key} for {one.who}: {one.reason}"
                 )
             )
+        for message in checks.check_eventsub_versions(databases=["default"]):
+            self.stdout.write(self.style.ERROR(f"{message.msg} ({message.id})"))
         self.stdout.write(
             f"{len(listed.data)} subscription(s), cost {listed.total_cost} of "
             f"max_total_cost {listed.max_total_cost}; {len(wanted)} wanted, "
-            f"{len(missing)} missing"
+            f"{len(absent)} absent, {len(missing)} missing"
         )
 
     def subscribe(self, *, verbosity: int, replace: bool) -> None:
@@ -151,7 +177,15 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"deleted {deleted} subscription(s)"))
 
     def process(self, *, verbosity: int, limit: int | None) -> None:
-        imported = inbox.import_spool()
+        try:
+            imported = inbox.import_spool()
+        except DatabaseError as error:
+            raise CommandError(
+                f"0 handled; the database refused the spooled messages "
+                f"({type(error).__name__}), {inbox.spooled_count()} left in the "
+                "spool for the next run",
+                returncode=1,
+            ) from None
 
         async def handle_due() -> dict[str, int]:
             counts = await inbox.handle_due(limit=limit)
@@ -169,9 +203,6 @@ class Command(BaseCommand):
             raise CommandError(summary, returncode=1)
         if verbosity >= 1:
             self.stdout.write(self.style.SUCCESS(summary))
-
-
-_PENDING = ("webhook_callback_verification_pending",)
 
 
 def _condition(condition: object) -> str:
