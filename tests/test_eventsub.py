@@ -18,8 +18,7 @@ from django.core.management import call_command
 from django.db import IntegrityError
 from django.test import AsyncClient
 
-from accounts import signals
-from accounts.eventsub import tasks
+from accounts import background, signals
 from accounts.models import (
     EventSubMessage,
     EventSubRevocation,
@@ -111,7 +110,7 @@ async def process() -> str:
 async def post(raw: bytes, headers: dict[str, str], client: AsyncClient | None = None):
     """What the webhook answers, once what it started after the answer is done."""
     response = await answer(raw, headers, client)
-    await tasks.finish_background_work()
+    await background.finish_background_work()
     return response
 
 
@@ -398,7 +397,7 @@ async def test_a_late_redelivery_is_answered_in_time_when_twitch_cannot_say(
     assert (await answer(raw, headers)).status_code == 204
     # Answered before Twitch is asked anything.
     assert time.monotonic() - started < 1
-    await tasks.finish_background_work()
+    await background.finish_background_work()
 
     # Twitch could not vouch for the connection in time: the signed message wins.
     assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.REVOKED

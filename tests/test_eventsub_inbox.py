@@ -19,8 +19,8 @@ from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
-from accounts import signals
-from accounts.eventsub import Notification, handlers, inbox, on_event, tasks
+from accounts import background, signals
+from accounts.eventsub import Notification, handlers, inbox, on_event
 from accounts.models import EventSubMessage, TokenEvent, TwitchToken
 from tests.conftest import (
     database_write_lock,
@@ -90,7 +90,7 @@ async def test_a_slow_handler_does_not_delay_the_answer(alice, sandbox, register
     assert response.status_code == 204
     assert time.monotonic() - started < 0.5
     assert heard == []
-    await tasks.finish_background_work()
+    await background.finish_background_work()
     assert heard == [("live", token)]
     assert (await EventSubMessage.objects.aget()).status == "handled"
 
@@ -100,8 +100,8 @@ async def test_a_process_that_dies_after_the_answer_loses_nothing(alice, sandbox
     raw, headers = signed(revoke_notification(token.twitch_user_id))
 
     assert (await answer(raw, headers)).status_code == 204
-    tasks.cancel_background_work()  # the process dies before handling it
-    await tasks.finish_background_work()
+    background.cancel_background_work()  # the process dies before handling it
+    await background.finish_background_work()
     assert (await TwitchToken.objects.aget()).status == TwitchToken.Status.ACTIVE
     assert (await EventSubMessage.objects.aget()).status == "pending"
 
@@ -122,7 +122,7 @@ async def test_a_message_delivered_twice_at_once_is_handled_once(
     message = signed(stream_online(token.twitch_user_id))
 
     answers = await asyncio.gather(*(answer(*message) for _ in range(5)))
-    await tasks.finish_background_work()
+    await background.finish_background_work()
     await process()
 
     assert [a.status_code for a in answers] == [204] * 5
@@ -142,11 +142,11 @@ async def test_while_the_database_is_locked_the_message_is_spooled_and_answered(
         started = time.monotonic()
         response = await answer(raw, headers)
         elapsed = time.monotonic() - started
-        tasks.cancel_background_work()  # and the process dies too
+        background.cancel_background_work()  # and the process dies too
         assert inbox.spooled_count() == 1
     finally:
         await sync_to_async(lock.__exit__)(None, None, None)
-    await tasks.finish_background_work()
+    await background.finish_background_work()
 
     assert response.status_code == 204
     assert elapsed < 0.5
@@ -302,7 +302,7 @@ async def test_a_handler_that_outlives_its_claim_is_not_run_twice_at_once(
     await asyncio.sleep(1.2)  # the claim has run out; the first run would go on
 
     assert (await process()).startswith("0 handled")  # cron finds nothing due
-    await tasks.finish_background_work()
+    await background.finish_background_work()
 
     assert runs == {"started": 1, "finished": 0}
     message = await EventSubMessage.objects.aget()

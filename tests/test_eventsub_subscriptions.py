@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from accounts.eventsub import tasks
+from accounts import background
 from accounts.models import EventSubMessage, EventSubRevocation, TokenEvent, TwitchToken
 from tests.conftest import EVENTSUB_SECRET, REDIRECT_URI, connect_twitch
 from tests.test_eventsub_served import wait_until_handled
@@ -210,7 +210,7 @@ async def test_connecting_an_account_subscribes_it_after_the_answer(
     response = await connect_twitch(alice_client, login="alice")
     assert response.status_code == 302
 
-    await tasks.finish_background_work()
+    await background.finish_background_work()
 
     token = await TwitchToken.objects.aget()
     conditions = [s["condition"] for s in sandbox.subscriptions()]

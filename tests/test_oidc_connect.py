@@ -11,8 +11,8 @@ import pytest
 from django.test import AsyncClient
 
 from accounts import signals
+from accounts.background import finish_background_work
 from accounts.models import TokenEvent, TwitchToken
-from accounts.oauth.connect import finish_background_work
 from accounts.twitch import oidc
 from tests.conftest import (
     approve_on_twitch,

@@ -11,8 +11,8 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.signals import user_logged_in
 from django.test import AsyncClient
 
+from accounts.background import finish_background_work
 from accounts.models import TwitchToken
-from accounts.oauth.connect import finish_background_work
 from accounts.twitch import oidc
 from tests.conftest import approve_on_twitch, callback, listening, make_token, page
 

@@ -52,8 +52,9 @@ from django.db import (
 from django.db.models import Q
 from django.utils import timezone
 
+from accounts import background
 from accounts.db import atomic_write, writer_turn
-from accounts.eventsub import builtin, catalogue, tasks
+from accounts.eventsub import builtin, catalogue
 from accounts.eventsub.builtin import ClaimLost, held, mark_done
 from accounts.eventsub.handlers import Handler, Notification, handlers_for
 from accounts.eventsub.webhook import MAX_AGE, Message
@@ -93,10 +94,10 @@ async def receive(message: Message) -> Stored:
         new = await asyncio.wait_for(asyncio.shield(insert), STORE_BUDGET)
     except (TimeoutError, DatabaseError):
         await asyncio.to_thread(spool, row)
-        tasks.in_background(_after_spooling(insert, row.digest))
+        background.in_background(_after_spooling(insert, row.digest))
         return Stored(new=True, spooled=True)
     if new:
-        tasks.in_background(handle(row.digest))
+        background.in_background(handle(row.digest))
     return Stored(new=new)
 
 

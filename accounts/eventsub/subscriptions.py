@@ -34,8 +34,8 @@ from django.conf import settings
 from django.db.models import Max
 from django.utils import timezone
 
-from accounts import twitch
-from accounts.eventsub import catalogue, tasks
+from accounts import background, twitch
+from accounts.eventsub import catalogue
 from accounts.eventsub.builtin import NOT_RECREATED, remember_revocation
 from accounts.eventsub.catalogue import EventType
 from accounts.eventsub.webhook import enabled
@@ -338,13 +338,13 @@ async def _with_app_token(call: Callable[[str], Awaitable[T]]) -> T:
 async def connected(sender: object, *, token: TwitchToken, **kwargs: Any) -> None:
     """`token_connected`: create this person's subscriptions after the answer."""
     if enabled() and catalogue.wanted_types():
-        tasks.in_background(_subscribe_person(token.user_id))
+        background.in_background(_subscribe_person(token.user_id))
 
 
 async def revoked(sender: object, *, token: TwitchToken, **kwargs: Any) -> None:
     """`token_revoked`: delete what nothing wants any more, after the answer."""
     if enabled() and catalogue.wanted_types():
-        tasks.in_background(_unsubscribe_account(token.twitch_user_id))
+        background.in_background(_unsubscribe_account(token.twitch_user_id))
 
 
 async def _subscribe_person(user_id: int) -> None:

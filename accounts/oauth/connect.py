@@ -5,11 +5,8 @@ validation)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import copy
 import logging
-from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +20,7 @@ from django.utils.crypto import constant_time_compare
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import signals, twitch
+from accounts.background import in_background
 from accounts.db import atomic_write, writer_turn
 from accounts.models import TokenEvent, TwitchToken
 from accounts.roles import DEFAULT_ROLE, Role
@@ -258,25 +256,6 @@ def _end_new(token: TwitchToken, access_token: str, problem: str) -> TwitchToken
             detail=problem[:200],
         )
     return row
-
-
-# Strong references: the event loop keeps only weak ones to its tasks.
-_background: set[asyncio.Task[Any]] = set()
-
-
-def in_background(work: Coroutine[Any, Any, Any]) -> None:
-    # In a context of its own: the request's would tie any sync call the work makes
-    # to the request's thread (twitchauth_site/asgi.py), which asgiref refuses once
-    # the request has ended.
-    task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-async def finish_background_work() -> None:
-    """Wait for work started in the background (tests; a graceful shutdown)."""
-    while _background:
-        await asyncio.gather(*_background, return_exceptions=True)
 
 
 def _store_connection(

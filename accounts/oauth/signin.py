@@ -11,8 +11,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.views.decorators.debug import sensitive_variables
 
 from accounts import twitch
+from accounts.background import in_background
 from accounts.models import TwitchToken
-from accounts.oauth.connect import in_background
 from accounts.roles import DEFAULT_ROLE
 
 

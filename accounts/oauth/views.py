@@ -18,6 +18,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import services, twitch
+from accounts.background import in_background
 from accounts.models import TokenEvent, TwitchToken
 from accounts.oauth import connect as connecting
 from accounts.oauth import pages
@@ -76,7 +77,7 @@ async def connect(request: HttpRequest) -> HttpResponse:
     )
     if settings.TWITCH_OPENID_CONNECT and not twitch.keys_known():
         # While the person is on Twitch: the callback then needs no key fetch.
-        connecting.in_background(twitch.warm_keys())
+        in_background(twitch.warm_keys())
     return HttpResponseRedirect(authorize_url)
 
 

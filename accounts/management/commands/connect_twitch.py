@@ -22,14 +22,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from accounts import twitch
-from accounts.eventsub.tasks import finish_background_work as finish_eventsub_work
+from accounts.background import finish_background_work
 from accounts.models import TokenEvent, TwitchToken
-from accounts.oauth.connect import (
-    AlreadyLinked,
-    finish_background_work,
-    keep_grant,
-    scopes_to_request,
-)
+from accounts.oauth.connect import AlreadyLinked, keep_grant, scopes_to_request
 from accounts.roles import DEFAULT_ROLE, Role, enabled_roles, role_named
 
 # How long the command waits, once connected, for the work the connect started.
@@ -105,7 +100,6 @@ class Command(BaseCommand):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(BACKGROUND_PATIENCE):
                     await finish_background_work()
-                    await finish_eventsub_work()
             await twitch.close_http_session()
 
     async def _connect(self, user: Any, chosen: Role) -> TwitchToken:

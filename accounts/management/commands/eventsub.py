@@ -25,8 +25,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from accounts import checks
-from accounts.eventsub import inbox, tasks
+from accounts import background, checks
+from accounts.eventsub import inbox
 from accounts.eventsub import subscriptions as eventsub
 
 # How long `subscribe` waits for Twitch to verify the callback.
@@ -189,7 +189,7 @@ class Command(BaseCommand):
 
         async def handle_due() -> dict[str, int]:
             counts = await inbox.handle_due(limit=limit)
-            await tasks.finish_background_work()  # what handling started
+            await background.finish_background_work()  # what handling started
             return counts
 
         counts = eventsub.run(handle_due)

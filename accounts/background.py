@@ -1,6 +1,7 @@
-"""Work started after the webhook or a connection has been answered: handling a
-message, creating or deleting subscriptions. Each piece is also finished by
-`manage.py eventsub process` or `subscribe` if this process ends first."""
+"""Work a request starts after its answer: validating a new connection, revoking
+the grant it replaced, handling an EventSub message, creating subscriptions. Each
+piece is also finished by cron (`refresh_tokens`, `eventsub process`, `eventsub
+subscribe`) if this process ends before it does."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ _running: set[asyncio.Task[Any]] = set()
 
 def in_background(work: Coroutine[Any, Any, Any]) -> None:
     """Run `work` after the answer. In a context of its own: the request's would
-    tie its sync calls to the request's thread (twitchauth_site/asgi.py)."""
+    tie its sync calls to the request's thread (twitchauth_site/asgi.py), which
+    asgiref refuses once the request has ended."""
     task = asyncio.get_running_loop().create_task(
         _logged(work), context=contextvars.Context()
     )
@@ -30,19 +32,18 @@ async def _logged(work: Coroutine[Any, Any, Any]) -> None:
     try:
         await work
     except Exception as error:
-        # Left for `eventsub process` / `subscribe`; the class only, never a text
-        # that might quote a credential.
+        # The class only, never a text that might quote a credential.
         logger.warning(
-            "EventSub background work failed (%s); cron finishes it",
+            "background work %s failed (%s); cron finishes it",
+            getattr(work, "__qualname__", "?"),
             type(error).__name__,
         )
 
 
 async def finish_background_work() -> None:
     """Wait for work started in the background on this event loop (tests; a
-    graceful shutdown). Another loop's work is its own: waiting for it here
-    could wait for this loop's thread (the `eventsub` command's loop, run from
-    a test's)."""
+    command before its loop ends). Another loop's work is its own: waiting for it
+    here could wait for this loop's thread (a command's loop, run from a test's)."""
     loop = asyncio.get_running_loop()
     while ours := [task for task in _running if task.get_loop() is loop]:
         await asyncio.gather(*ours, return_exceptions=True)
