@@ -66,7 +66,6 @@ async def test_the_callback_answers_after_the_code_exchange_alone(
     token = await TwitchToken.objects.aget(login="alicestreams")
     assert token.twitch_user_id == sandbox.add_user("alicestreams").id
     assert token.scopes == ["chat:read", "chat:edit", "openid"]
-    assert token.last_validated_at is None  # not yet: right after the answer
     assert "Connected as alicestreams on Twitch." in page(await alice_client.get("/"))
 
 
@@ -134,6 +133,16 @@ async def test_twitch_s_keys_unreachable_is_a_502_and_nothing_stored(
     assert response.status_code == 502
     assert not await TwitchToken.objects.aexists()
     assert sandbox.live_tokens("alicestreams").access == []
+
+
+async def test_a_first_validation_telling_other_scopes_is_stored(alice_client, sandbox):
+    sandbox.alter("validate", set={"scopes": ["chat:read", "openid"]}, times=1)
+
+    await connect_twitch(alice_client, login="alicestreams")
+    await finish_background_work()
+
+    token = await TwitchToken.objects.aget()
+    assert token.scopes == ["chat:read", "openid"]  # as validation says
 
 
 async def test_a_token_twitch_refuses_at_its_first_validation_ends_the_connection(

@@ -107,11 +107,15 @@ async def connect(
         expires_in=grant.expires_in,
         client_id=settings.TWITCH_CLIENT_ID,  # the ID token's audience, verified
     )
-    token = await _keep(user=user, role=role, grant=grant, info=described)
-    # Twitch requires validating a new token; the user need not wait for it. If
-    # the process stops first, the next `refresh_tokens` run validates it (it was
-    # never validated: `last_validated_at` is empty).
-    in_background(_validate_new(token, grant.access_token))
+    # Stored as validated now: the validation Twitch requires of a new token
+    # follows the answer within a round trip, and writes only when it disagrees
+    # (or cannot be made), so a connect costs no second write. Should the process
+    # stop in between, `refresh_tokens` validates the token within the hour, as
+    # it does every token.
+    token = await _keep(
+        user=user, role=role, grant=grant, info=described, validated=True
+    )
+    in_background(_validate_new(token, grant.access_token, described))
     return token
 
 
@@ -179,21 +183,29 @@ async def _keep(
 
 
 @sensitive_variables()
-async def _validate_new(token: TwitchToken, access_token: str) -> None:
-    """Validate a connection stored from its ID token. A validation that disagrees
-    (Twitch refuses the token, or names another account) ends it: the user is
+async def _validate_new(
+    token: TwitchToken, access_token: str, described: twitch.TokenInfo
+) -> None:
+    """Validate a connection stored from its ID token. Agreeing with what was
+    stored, it writes nothing; telling more (other scopes, say), it stores that;
+    failing to reach Twitch, it leaves the token due for the next run; disagreeing
+    (Twitch refuses the token, or names another account), it ends it: the user is
     asked to reconnect, with an event and `token_needs_reconnect`."""
     try:
         info = await twitch.validate(access_token)
     except twitch.InvalidCredential:
         problem = "Twitch refused the new token when it was validated"
     except twitch.TwitchError as error:
-        # Validated at the next run instead (it is due: never validated).
         logger.info("could not validate new connection %s: %s", token.pk, error)
+        await sync_to_async(_store_first_validation)(token, None)
         return
     else:
         if info.user_id == token.twitch_user_id:
-            await sync_to_async(_store_first_validation)(token, info)
+            if (info.login, sorted(info.scopes)) != (
+                described.login,
+                sorted(described.scopes),
+            ):
+                await sync_to_async(_store_first_validation)(token, info)
             return
         problem = "Validation named another Twitch account than the ID token"
     ended = await sync_to_async(_end_new)(token, access_token, problem)
@@ -214,8 +226,19 @@ def _still_holding(pk: int, access_token: str) -> TwitchToken | None:
     return row if constant_time_compare(row.access_token, access_token) else None
 
 
-def _store_first_validation(token: TwitchToken, info: twitch.TokenInfo) -> None:
+def _store_first_validation(token: TwitchToken, info: twitch.TokenInfo | None) -> None:
+    """What the first validation taught (None: it could not be made, so the token
+    is due at the next run)."""
     now = timezone.now()
+    if info is None:
+        changes: dict[str, Any] = {"last_validated_at": None}
+    else:
+        changes = {
+            "login": info.login,
+            "scopes": info.scopes,
+            "expires_at": twitch.expires_at(now, None, info),
+            "last_validated_at": now,
+        }
     # One UPDATE, and only of the row as this connect stored it: a reconnect or a
     # refresh since (each moves `updated_at`) has newer facts than ours.
     with writer_turn():
@@ -223,12 +246,7 @@ def _store_first_validation(token: TwitchToken, info: twitch.TokenInfo) -> None:
             pk=token.pk,
             updated_at=token.updated_at,
             status=TwitchToken.Status.ACTIVE,
-        ).update(
-            login=info.login,
-            scopes=info.scopes,
-            expires_at=twitch.expires_at(now, None, info),
-            last_validated_at=now,
-        )
+        ).update(**changes)
 
 
 @sensitive_variables()
