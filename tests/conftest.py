@@ -72,6 +72,9 @@ def twitch_settings(sandbox: Sandbox, settings, tmp_path: Path) -> Sandbox:
     settings.TWITCH_AUTH_BASE_URL = sandbox.auth_base_url
     settings.TWITCH_API_BASE_URL = sandbox.api_base_url
     settings.TOKEN_SPOOL_DIR = tmp_path / "spool"
+    # Twitch's keys are fetched as a new process would (each test's sandbox
+    # starts again from its first key).
+    twitch.oidc.forget_keys()
     return sandbox
 
 

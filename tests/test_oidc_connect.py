@@ -13,7 +13,6 @@ from django.test import AsyncClient
 from accounts import signals
 from accounts.background import finish_background_work
 from accounts.models import TokenEvent, TwitchToken
-from accounts.twitch import oidc
 from tests.conftest import (
     approve_on_twitch,
     callback,
@@ -24,14 +23,6 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_keys():
-    """Each test fetches the sandbox's keys as a new process would."""
-    oidc.forget_keys()
-    yield
-    oidc.forget_keys()
 
 
 def upstream(sandbox) -> list[str]:

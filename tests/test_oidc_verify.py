@@ -4,7 +4,6 @@ sandbox really issued, forged ones included, and its cache of Twitch's keys."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,14 +17,6 @@ from twitch_sandbox import Sandbox
 
 NONCE = "the-nonce-we-sent"
 ASK_USERNAME = {"id_token": {"preferred_username": None}}
-
-
-@pytest.fixture(autouse=True)
-def no_keys_known() -> Iterator[None]:
-    """Each test starts as a fresh process would: no key of Twitch's known."""
-    oidc.forget_keys()
-    yield
-    oidc.forget_keys()
 
 
 def token_answer(

@@ -13,17 +13,9 @@ from django.test import AsyncClient
 
 from accounts.background import finish_background_work
 from accounts.models import TwitchToken
-from accounts.twitch import oidc
 from tests.conftest import approve_on_twitch, callback, listening, make_token, page
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_keys():
-    oidc.forget_keys()
-    yield
-    oidc.forget_keys()
 
 
 async def sign_in_with_twitch(client: AsyncClient, *, login: str, next_url: str = ""):

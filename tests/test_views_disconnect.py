@@ -9,8 +9,8 @@ import pytest
 from asgiref.sync import ThreadSensitiveContext
 from django.utils import timezone
 
+from accounts.background import finish_background_work
 from accounts.models import TokenEvent, TwitchToken
-from accounts.oauth import connect as connecting
 from tests.conftest import connect_twitch, page
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -111,7 +111,7 @@ async def test_reconnecting_revokes_the_replaced_grant_and_says_so(
     before = await TwitchToken.objects.aget()
 
     await connect_twitch(alice_client, login=second_login)
-    await connecting.finish_background_work()  # the revoke runs after the answer
+    await finish_background_work()  # the revoke runs after the answer
 
     after = await TwitchToken.objects.aget()
     assert after.login == second_login

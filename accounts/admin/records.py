@@ -45,16 +45,7 @@ class TokenEventAdmin(SafeLookups, admin.ModelAdmin):
     list_filter = ["action", "outcome", "source", TokenRoleFilter]
     search_fields = ["token__login", "=token__twitch_user_id", "token__user__username"]
     search_help_text = "Twitch login, Twitch user id or username."
-    fields = [
-        "created_at",
-        "token",
-        "role",
-        "action",
-        "outcome",
-        "source",
-        "actor",
-        "detail",
-    ]
+    fields = list_display
     readonly_fields = fields
 
     @admin.display(description="Role", ordering="token__role")
