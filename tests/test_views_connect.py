@@ -44,8 +44,11 @@ async def test_the_whole_happy_path_names_the_connected_login(alice_client, sand
 
 
 async def test_the_callback_makes_exactly_two_round_trips_with_secrets_in_the_body(
-    alice_client, sandbox
+    alice_client, sandbox, settings
 ):
+    # Without OpenID Connect (with it: one, tests/test_oidc_connect.py).
+    settings.TWITCH_OPENID_CONNECT = False
+
     await connect_twitch(alice_client, login="alicestreams")
 
     upstream = [
