@@ -479,3 +479,27 @@ def test_process_says_so_when_the_database_refuses_the_spool():
     assert refused.value.returncode == 1
     assert "1 left in the spool" in str(refused.value)
     assert inbox.spooled_count() == 1
+
+
+async def test_a_type_outside_the_catalogue_hears_of_the_persons_own_account_first(
+    alice, bob, sandbox, settings, registered
+):
+    settings.TWITCH_BOT_SCOPES = ["user:bot"]
+    shared = sandbox.add_user("sharedaccount").id
+    # The same Twitch account: Alice's bot (made first) and Bob's own account.
+    await amake_token(alice, sandbox, role="bot", twitch_user_id=shared)
+    bobs = await amake_token(bob, sandbox, twitch_user_id=shared)
+    heard = []
+
+    async def handler(notification: Notification) -> None:
+        heard.append(notification.connection)
+
+    registered("channel.hype_train.begin", handler)
+    message = stream_online(shared)
+    message["subscription"].update(type="channel.hype_train.begin", id="sub-hype")
+    message["subscription"]["condition"] = {"broadcaster_user_id": shared}
+
+    await answer(*signed(message))
+    await background.finish_background_work()
+
+    assert heard == [bobs]

@@ -49,7 +49,7 @@ from django.db import (
     close_old_connections,
     connection,
 )
-from django.db.models import Q
+from django.db.models import Case, Q, When
 from django.utils import timezone
 
 from accounts import background
@@ -59,6 +59,7 @@ from accounts.eventsub.builtin import ClaimLost, held, mark_done
 from accounts.eventsub.handlers import Handler, Notification, handlers_for
 from accounts.eventsub.webhook import MAX_AGE, Message
 from accounts.models import EventSubMessage, TwitchToken
+from accounts.roles import DEFAULT_ROLE
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +419,8 @@ async def _notification(row: EventSubMessage) -> Notification:
 
 async def _connection(row: EventSubMessage) -> TwitchToken | None:
     """The live connection the subscription was made for: the catalogue's first
-    party; for a type it does not know, any connection the condition names."""
+    party; for a type it does not know, a connection the condition names, a
+    person's own account (the default role) before anyone's bot."""
     kind = catalogue.find(row.subscription_type, row.subscription_version)
     condition = row.condition
     live = TwitchToken.objects.exclude(status=TwitchToken.Status.REVOKED)
@@ -426,7 +428,12 @@ async def _connection(row: EventSubMessage) -> TwitchToken | None:
         user_id = condition.get(kind.anchor.field)
         return await live.filter(twitch_user_id=user_id, role=kind.anchor.role).afirst()
     user_ids: list[Any] = [v for k, v in condition.items() if k.endswith("user_id")]
-    return await live.filter(twitch_user_id__in=user_ids).order_by("pk").afirst()
+    own_first = Case(When(role=DEFAULT_ROLE, then=0), default=1)
+    return (
+        await live.filter(twitch_user_id__in=user_ids)
+        .order_by(own_first, "pk")
+        .afirst()
+    )
 
 
 def prune() -> int:
