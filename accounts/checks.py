@@ -363,16 +363,21 @@ def check_eventsub(**kwargs: Any) -> list[checks.CheckMessage]:
                 id="accounts.E008",
             )
         )
-    if not (10 <= len(secret) <= 100 and secret.isascii() and secret.isprintable()):
-        errors.append(
-            checks.Error(
-                "TWITCH_EVENTSUB_SECRET must be 10 to 100 printable ASCII characters "
-                "when TWITCH_EVENTSUB_CALLBACK_URL is set.",
-                hint='Make one with: python -c "import secrets; '
-                'print(secrets.token_urlsafe(32))"',
-                id="accounts.E009",
+    previous = settings.TWITCH_EVENTSUB_PREVIOUS_SECRET
+    for name, value in [
+        ("TWITCH_EVENTSUB_SECRET", secret),
+        *([("TWITCH_EVENTSUB_PREVIOUS_SECRET", previous)] if previous else []),
+    ]:
+        if not (10 <= len(value) <= 100 and value.isascii() and value.isprintable()):
+            errors.append(
+                checks.Error(
+                    f"{name} must be 10 to 100 printable ASCII characters "
+                    "when TWITCH_EVENTSUB_CALLBACK_URL is set.",
+                    hint='Make one with: python -c "import secrets; '
+                    'print(secrets.token_urlsafe(32))"',
+                    id="accounts.E009",
+                )
             )
-        )
     return errors
 
 

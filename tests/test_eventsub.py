@@ -167,6 +167,46 @@ async def test_a_message_signed_with_another_secret_is_refused():
     assert (await post(raw, headers)).status_code == 403
 
 
+async def test_while_the_secret_is_rotated_the_previous_one_still_delivers(settings):
+    previous = "the-secret-before-this-one"
+    raw, headers = signed(
+        {"challenge": "x"},
+        message_type="webhook_callback_verification",
+        secret=previous,
+    )
+    assert (await post(raw, headers)).status_code == 403  # not without saying so
+
+    settings.TWITCH_EVENTSUB_PREVIOUS_SECRET = previous
+
+    again, headers = signed(
+        {"challenge": "x"},
+        message_type="webhook_callback_verification",
+        secret=previous,
+    )
+    assert (await post(again, headers)).status_code == 200
+    current, headers = signed(
+        {"challenge": "y"}, message_type="webhook_callback_verification"
+    )
+    assert (await post(current, headers)).status_code == 200
+    other, headers = signed(
+        {"challenge": "z"},
+        message_type="webhook_callback_verification",
+        secret="neither-of-them-at-all",
+    )
+    assert (await post(other, headers)).status_code == 403
+
+
+def test_a_malformed_previous_secret_is_a_system_check_error(settings):
+    from accounts.checks import check_eventsub
+
+    settings.TWITCH_EVENTSUB_PREVIOUS_SECRET = "short"
+
+    errors = check_eventsub()
+
+    assert [e.id for e in errors] == ["accounts.E009"]
+    assert "TWITCH_EVENTSUB_PREVIOUS_SECRET" in errors[0].msg
+
+
 @pytest.mark.parametrize(
     ("age", "status"),
     [

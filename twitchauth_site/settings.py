@@ -245,6 +245,9 @@ TWITCH_API_BASE_URL = env.str(
 # secret (10-100 ASCII characters) signs every message Twitch sends.
 TWITCH_EVENTSUB_CALLBACK_URL = env.str("TWITCH_EVENTSUB_CALLBACK_URL", default="")
 TWITCH_EVENTSUB_SECRET = env.str("TWITCH_EVENTSUB_SECRET", default="")
+# While rotating the secret: the one it replaces, still accepted until
+# `manage.py eventsub subscribe --replace` has moved every subscription over.
+TWITCH_EVENTSUB_PREVIOUS_SECRET = env.str("TWITCH_EVENTSUB_PREVIOUS_SECRET", default="")
 # The EventSub types the site wants for every connected account, space-separated,
 # `type` or `type:version` (accounts/eventsub/catalogue.py lists the known ones):
 # e.g. "stream.online stream.offline channel.update:2". user.authorization.revoke

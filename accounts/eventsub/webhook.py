@@ -73,16 +73,23 @@ def verify(headers: Mapping[str, str], raw_body: bytes) -> Message:
     """
     message_id = headers.get("Twitch-Eventsub-Message-Id", "")
     timestamp = headers.get("Twitch-Eventsub-Message-Timestamp", "")
-    signature = headers.get("Twitch-Eventsub-Message-Signature", "")
-    expected = (
-        "sha256="
-        + hmac.new(
-            settings.TWITCH_EVENTSUB_SECRET.encode(),
-            message_id.encode() + timestamp.encode() + raw_body,
-            hashlib.sha256,
-        ).hexdigest()
-    )
-    if not message_id or not hmac.compare_digest(signature.encode(), expected.encode()):
+    signature = headers.get("Twitch-Eventsub-Message-Signature", "").encode()
+    signed = message_id.encode() + timestamp.encode() + raw_body
+    # While the secret is being rotated, subscriptions made with the previous one
+    # still deliver: both are accepted (each compared, in constant time).
+    matches = [
+        hmac.compare_digest(
+            signature,
+            b"sha256="
+            + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest().encode(),
+        )
+        for secret in (
+            settings.TWITCH_EVENTSUB_SECRET,
+            settings.TWITCH_EVENTSUB_PREVIOUS_SECRET,
+        )
+        if secret
+    ]
+    if not message_id or not any(matches):
         raise InvalidMessage("missing or wrong signature")
     sent = _parse_timestamp(timestamp)
     now = timezone.now()
