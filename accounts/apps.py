@@ -13,6 +13,9 @@ class AccountsConfig(AppConfig):
             checks,  # noqa: F401  (registers the system checks)
             signals,
         )
+        from accounts.eventsub import (
+            checks as eventsub_checks,  # noqa: F401  (registers EventSub's checks)
+        )
         from accounts.eventsub import subscriptions
 
         # EventSub subscriptions follow connections (after the answer).

@@ -11,6 +11,7 @@ from django.core.management.base import SystemCheckError
 from django.utils import timezone
 
 from accounts import checks
+from accounts.eventsub import checks as eventsub_checks
 from accounts.tokens.schedule import Plan, select_due
 from tests.conftest import make_token
 
@@ -195,7 +196,7 @@ def test_static_files_never_collected_are_reported_by_the_deploy_check(
 def test_eventsub_is_off_without_a_callback_url(settings):
     settings.TWITCH_EVENTSUB_CALLBACK_URL = ""
     settings.TWITCH_EVENTSUB_SECRET = ""
-    assert checks.check_eventsub() == []
+    assert eventsub_checks.check_eventsub() == []
 
 
 @pytest.mark.parametrize(
@@ -211,20 +212,20 @@ def test_an_eventsub_callback_that_twitch_cannot_call_is_reported(settings, url)
     settings.DEBUG = False
     settings.TWITCH_EVENTSUB_CALLBACK_URL = url
     settings.TWITCH_EVENTSUB_SECRET = "a-secret-long-enough"
-    assert ids(checks.check_eventsub()) == ["accounts.E008"]
+    assert ids(eventsub_checks.check_eventsub()) == ["accounts.E008"]
 
 
 @pytest.mark.parametrize("secret", ["", "short", "x" * 101, "naïve-secret-here"])
 def test_an_eventsub_secret_of_the_wrong_size_is_reported(settings, secret):
     settings.TWITCH_EVENTSUB_CALLBACK_URL = "https://example.com/twitch/eventsub/"
     settings.TWITCH_EVENTSUB_SECRET = secret
-    assert ids(checks.check_eventsub()) == ["accounts.E009"]
+    assert ids(eventsub_checks.check_eventsub()) == ["accounts.E009"]
 
 
 def test_a_good_eventsub_configuration_passes(settings):
     settings.TWITCH_EVENTSUB_CALLBACK_URL = "https://example.com/twitch/eventsub/"
     settings.TWITCH_EVENTSUB_SECRET = "a-secret-long-enough"
-    assert checks.check_eventsub() == []
+    assert eventsub_checks.check_eventsub() == []
 
 
 def test_django_s_security_middleware_is_found_by_its_own_deploy_checks(settings):

@@ -197,7 +197,7 @@ async def test_while_the_secret_is_rotated_the_previous_one_still_delivers(setti
 
 
 def test_a_malformed_previous_secret_is_a_system_check_error(settings):
-    from accounts.checks import check_eventsub
+    from accounts.eventsub.checks import check_eventsub
 
     settings.TWITCH_EVENTSUB_PREVIOUS_SECRET = "short"
 

@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from accounts import checks
+from accounts.eventsub import checks
 from accounts.models import EventSubRevocation
 from accounts.roles import role_named
 from tests.conftest import BASE_DIR, process_env

@@ -25,7 +25,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from accounts import background, checks
+from accounts import background
+from accounts.eventsub import checks as eventsub_checks
 from accounts.eventsub import inbox
 from accounts.eventsub import subscriptions as eventsub
 
@@ -117,7 +118,7 @@ class Command(BaseCommand):
                     f"missing: {one.type.key} for {one.who}: {one.reason}"
                 )
             )
-        for message in checks.check_eventsub_versions(databases=["default"]):
+        for message in eventsub_checks.check_eventsub_versions(databases=["default"]):
             self.stdout.write(self.style.ERROR(f"{message.msg} ({message.id})"))
         self.stdout.write(
             f"{len(listed.data)} subscription(s), cost {listed.total_cost} of "
