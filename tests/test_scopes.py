@@ -9,6 +9,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
 
+from accounts.background import finish_background_work
 from accounts.models import TwitchToken
 from accounts.services import MissingScopes, NoUsableToken, twitch_for
 from tests.conftest import (
@@ -95,6 +96,7 @@ async def test_the_stored_scopes_are_what_twitch_granted(
     # The user approved, but Twitch granted less than asked (validation says so).
     sandbox.alter("validate", set={"scopes": ["chat:read"]}, times=1)
     await connect_twitch(alice_client, login="alicestreams", scopes="user:bot")
+    await finish_background_work()  # the validation follows the answer
 
     token = await TwitchToken.objects.aget()
     assert token.scopes == ["chat:read"]
