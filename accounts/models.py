@@ -18,6 +18,12 @@ class TwitchTokenQuerySet(models.QuerySet["TwitchToken"]):
     def active(self) -> TwitchTokenQuerySet:
         return self.filter(status=TwitchToken.Status.ACTIVE)
 
+    def own_first(self, *then: str) -> TwitchTokenQuerySet:
+        """A person's own account (the default role) before any other role, then
+        ordered by `then`."""
+        own = models.Case(models.When(role=roles.DEFAULT_ROLE, then=0), default=1)
+        return self.order_by(own, *then)
+
     def missing_required_scopes(self) -> TwitchTokenQuerySet:
         """Connections that lack a scope their role requires (added since they were
         made). Scopes are matched quoted in the JSON text, as the admin's scope

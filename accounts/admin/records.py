@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
-from django.db.models import Case, QuerySet, When
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -27,7 +27,7 @@ from accounts.models import (
     TokenEvent,
     TwitchToken,
 )
-from accounts.roles import DEFAULT_ROLE, role_label
+from accounts.roles import role_label
 
 
 @admin.register(TokenEvent)
@@ -182,8 +182,7 @@ class TwitchConnectionInline(ReadOnlyInline, admin.StackedInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TwitchToken]:
         # The person's own account first, then the others by name.
-        own_first = Case(When(role=DEFAULT_ROLE, then=0), default=1)
-        return super().get_queryset(request).defer(*SECRETS).order_by(own_first, "role")
+        return super().get_queryset(request).defer(*SECRETS).own_first("role")
 
 
 User = get_user_model()

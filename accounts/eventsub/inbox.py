@@ -49,7 +49,7 @@ from django.db import (
     close_old_connections,
     connection,
 )
-from django.db.models import Case, Q, When
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts import background
@@ -59,7 +59,6 @@ from accounts.eventsub.builtin import ClaimLost, held, mark_done
 from accounts.eventsub.handlers import Handler, Notification, handlers_for
 from accounts.eventsub.webhook import MAX_AGE, Message
 from accounts.models import EventSubMessage, TwitchToken
-from accounts.roles import DEFAULT_ROLE
 
 logger = logging.getLogger(__name__)
 
@@ -428,12 +427,7 @@ async def _connection(row: EventSubMessage) -> TwitchToken | None:
         user_id = condition.get(kind.anchor.field)
         return await live.filter(twitch_user_id=user_id, role=kind.anchor.role).afirst()
     user_ids: list[Any] = [v for k, v in condition.items() if k.endswith("user_id")]
-    own_first = Case(When(role=DEFAULT_ROLE, then=0), default=1)
-    return (
-        await live.filter(twitch_user_id__in=user_ids)
-        .order_by(own_first, "pk")
-        .afirst()
-    )
+    return await live.filter(twitch_user_id__in=user_ids).own_first("pk").afirst()
 
 
 def prune() -> int:
